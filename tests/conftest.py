@@ -1,0 +1,29 @@
+"""Shared fixtures: the PyTorch reference outputs live in ../shared/fixtures."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+REFERENCE = FIXTURES / "promptir_reference.npz"
+
+
+@pytest.fixture(scope="session")
+def reference():
+  if not REFERENCE.exists():
+    pytest.fail(f"missing {REFERENCE}: the shared fixtures must sit beside the project")
+  with np.load(REFERENCE) as data:
+    return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def reference_state_dict(reference):
+  return {k[len("state_dict/"):]: v for k, v in reference.items()
+          if k.startswith("state_dict/")}
+
+
+@pytest.fixture(scope="session")
+def reference_ticket(reference_state_dict):
+  from mirl_jax import convert
+  return convert.params_from_torch(reference_state_dict)

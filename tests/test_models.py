@@ -1,0 +1,135 @@
+"""PromptIR against the PyTorch reference and independent numpy pieces."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mirl_jax import masks as masks_lib
+from mirl_jax import models
+
+TINY = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
+            heads=(1, 2, 2, 2), prompt_dims=(8, 8, 16), prompt_sizes=(8, 4, 2),
+            noise_level_heads=2)
+
+
+def test_reference_outputs_through_jit(reference, reference_ticket):
+  params, _ = reference_ticket
+  forward = jax.jit(lambda p, x: models.PromptIR().apply({"params": p}, x))
+  for i in (0, 1):  # prompts resized down (0) and up by non-integer factors (1)
+    x = reference[f"input_{i}"].transpose(0, 2, 3, 1)
+    want = reference[f"output_{i}"].transpose(0, 2, 3, 1)
+    got = np.asarray(forward(params, x))
+    assert np.abs(got - want).max() <= 2e-5, i
+
+
+def test_default_parameter_counts():
+  shapes = models.param_shapes(models.PromptIR())
+  sizes = jax.tree_util.tree_flatten_with_path(shapes)[0]
+  assert sum(int(np.prod(s.shape)) for _, s in sizes) == 35_376_967
+  assert sum(int(np.prod(s.shape)) for p, s in sizes
+             if masks_lib.is_prunable(p)) == 32_983_768
+
+
+def _check_pytorch_init(params):
+  """Bounds and shapes of PyTorch's init (kaiming_uniform a=sqrt(5) etc.)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name, leaf = masks_lib.path_name(path), np.asarray(leaf)
+    parent = name.rsplit("/", 1)[0]
+    if name.endswith("kernel"):
+      bound = 1 / np.sqrt(np.prod(leaf.shape[:-1]))
+      assert np.abs(leaf).max() <= bound, name
+      if leaf.size >= 200:  # uniform over the whole range, not normal
+        assert np.abs(leaf).max() > 0.9 * bound, name
+        assert abs(leaf.std() - bound / np.sqrt(3)) < 0.15 * bound, name
+    elif name.endswith("linear_layer/bias"):
+      kernel = params
+      for part in parent.split("/"):
+        kernel = kernel[part]
+      assert np.abs(leaf).max() <= 1 / np.sqrt(kernel["kernel"].shape[0]), name
+    elif name.endswith("prompt_param"):
+      assert leaf.min() >= 0 and leaf.max() < 1 and leaf.std() > 0.2, name
+    elif name.endswith(("scale", "temperature")):
+      assert np.all(leaf == 1), name
+    else:
+      assert name.endswith("bias") and np.all(leaf == 0), name
+
+
+def test_init_params_follows_pytorch_and_is_reproducible():
+  model = models.PromptIR(**TINY)
+  params = models.init_params(model, jax.random.key(3))
+  _check_pytorch_init(params)
+  again = models.init_params(model, jax.random.key(3))
+  other = models.init_params(model, jax.random.key(4))
+  leaves, again, other = (jax.tree.leaves(t) for t in (params, again, other))
+  assert all(np.array_equal(a, b) for a, b in zip(leaves, again))
+  assert not np.array_equal(leaves[-1], other[-1])
+  shapes = jax.tree.map(lambda s: s.shape, models.param_shapes(model))
+  assert jax.tree.map(np.shape, models.init_params(model, jax.random.key(0))) == shapes
+
+
+def test_module_initialisers_follow_pytorch():
+  """Flax's own init (`PromptIR().init`) draws from the same distributions."""
+  x = jnp.zeros((1, 16, 16, 16))
+  for module in (models.TransformerBlock(16, 2, 2.66),
+                 models.PromptBlock(8, 5, 8, 16), models.conv(32, 3)):
+    _check_pytorch_init(jax.jit(module.init)(jax.random.key(0), x)["params"])
+
+
+def test_pixel_unshuffle_matches_pytorch_channel_order():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 6, 4, 3)).astype(np.float32)  # NHWC
+  got = np.asarray(models.pixel_unshuffle(jnp.asarray(x)))
+  want = np.zeros((2, 3, 2, 12), np.float32)
+  for c in range(3):
+    for i in range(2):
+      for j in range(2):
+        want[..., c * 4 + i * 2 + j] = x[:, i::2, j::2, c]
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(np.asarray(models.pixel_shuffle(jnp.asarray(got))), x)
+
+
+def test_layer_norm_is_per_pixel_with_eps_1e5():
+  rng = np.random.default_rng(1)
+  x = (rng.normal(size=(1, 3, 5, 16)) * 1e-3 + 0.5).astype(np.float32)
+  ln = models.layer_norm()
+  variables = ln.init(jax.random.key(0), x)
+  got = np.asarray(ln.apply(variables, x))
+  x64 = x.astype(np.float64)
+  mean = x64.mean(-1, keepdims=True)
+  var = ((x64 - mean) ** 2).mean(-1, keepdims=True)  # biased
+  want = (x64 - mean) / np.sqrt(var + 1e-5)
+  np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def _torch_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+  """PyTorch's bilinear rule (align_corners=False), one (H, W) plane."""
+  def axis(n_in, n_out):
+    src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
+    lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, src - lo
+  ly, hy, fy = axis(x.shape[0], out_h)
+  lx, hx, fx = axis(x.shape[1], out_w)
+  top = x[ly][:, lx] * (1 - fx) + x[ly][:, hx] * fx
+  bottom = x[hy][:, lx] * (1 - fx) + x[hy][:, hx] * fx
+  return top * (1 - fy[:, None]) + bottom * fy[:, None]
+
+
+@pytest.mark.parametrize("out_hw", [(4, 6), (17, 25), (64, 96)])
+def test_prompt_resize_is_pytorch_bilinear_without_antialiasing(out_hw):
+  rng = np.random.default_rng(2)
+  x = rng.random((1, 16, 16, 2)).astype(np.float32)
+  got = np.asarray(models.resize_bilinear(jnp.asarray(x), *out_hw))
+  for c in range(2):
+    want = _torch_bilinear(x[0, :, :, c].astype(np.float64), *out_hw)
+    np.testing.assert_allclose(got[0, :, :, c], want, atol=1e-6)
+
+
+def test_tiny_variant_runs_and_rejects_bad_shapes():
+  model = models.PromptIR(**TINY)
+  x = jnp.full((2, 32, 24, 3), 0.5)
+  params = models.init_params(model, jax.random.key(0))
+  assert jax.jit(model.apply)({"params": params}, x).shape == x.shape
+  with pytest.raises(ValueError, match="multiples of 8"):
+    model.apply({"params": params}, jnp.zeros((1, 30, 24, 3)))
