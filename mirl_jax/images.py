@@ -2,14 +2,17 @@
 
 `read_rgb` turns any file Pillow can open into RGB uint8 so that later stages see one layout.
 Alpha is dropped (not composited), as the reference loader's `Image.convert('RGB')` does; 16-bit
-images are rescaled (x * 255 / 65535, rounded), not clipped. `write_png` is atomic: a crash never
-leaves a half-written file under the final name.
+grey images are rescaled (x * 255 / 65535, rounded), not clipped (16-bit RGB PNGs are reduced to
+8 bits by Pillow itself, which keeps the high byte). `read_encoded_rgb` / `decode_rgb` are the
+storage pair used by the dataset builders. `write_png` is atomic: a crash never leaves a
+half-written file under the final name.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 _HIGH_DEPTH_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
+_ORIENTATION = 0x0112  # EXIF tag.
 
 
 class ImageReadError(ValueError):
@@ -41,23 +45,44 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
   return np.asarray(image, dtype=np.uint8)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-  """Reads an image file as (H, W, 3) uint8 RGB with its EXIF orientation applied."""
-  path = Path(path)
-  if not path.is_file():
-    raise ImageReadError(f'{path}: no such image file (expected a readable image file).')
+def _decode(path: Path, data: bytes) -> tuple[np.ndarray, bool]:
+  """RGB pixels of `data`, and whether `data` itself already decodes to exactly those pixels."""
   try:
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(data)) as image:
       image.load()  # Decodes now, so truncated files fail here rather than later.
-      image = ImageOps.exif_transpose(image)
-      return _to_rgb(image)
-  except ImageReadError:
-    raise
+      plain = (image.format == 'JPEG' and image.mode == 'RGB'
+               and image.getexif().get(_ORIENTATION, 1) == 1)
+      return _to_rgb(ImageOps.exif_transpose(image)), plain
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
     raise ImageReadError(
         f'{path}: cannot read as an image (expected a complete image file in one of '
         f'{", ".join(IMAGE_EXTENSIONS)} or another format Pillow reads): {error}'
     ) from error
+
+
+def _read_bytes(path: Path) -> bytes:
+  if not path.is_file():
+    raise ImageReadError(f'{path}: no such image file (expected a readable image file).')
+  return path.read_bytes()
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+  """Reads an image file as (H, W, 3) uint8 RGB with its EXIF orientation applied."""
+  path = Path(path)
+  return _decode(path, _read_bytes(path))[0]
+
+
+def read_encoded_rgb(path: str | os.PathLike) -> tuple[bytes, tuple[int, int]]:
+  """Bytes that Pillow decodes to exactly `read_rgb(path)`, and the image's (H, W).
+
+  Plain RGB JPEG files are kept as they are (small, and quick to decode). Anything else (PNG,
+  BMP, grey, palette, alpha, 16-bit, CMYK, rotated) is stored as uncompressed binary PPM:
+  Pillow decodes it some 15x faster than PNG, which is what bounds training throughput.
+  """
+  path = Path(path)
+  data = _read_bytes(path)
+  pixels, plain = _decode(path, data)
+  return (data if plain else encode_ppm(pixels)), pixels.shape[:2]
 
 
 def _as_uint8(array: np.ndarray) -> np.ndarray:
@@ -79,6 +104,33 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
   buffer = io.BytesIO()
   Image.fromarray(_as_uint8(array)).save(buffer, format='PNG', compress_level=compress_level)
   return buffer.getvalue()
+
+
+def encode_ppm(array: np.ndarray) -> bytes:
+  """Uncompressed binary PPM (P6) bytes of an RGB uint8 image: fastest for Pillow to decode."""
+  array = _as_uint8(array)
+  if array.ndim != 3 or array.shape[-1] != 3:
+    raise ValueError(f'expected an RGB image of shape (H, W, 3), got {array.shape}')
+  h, w = array.shape[:2]
+  return b'P6\n%d %d\n255\n' % (w, h) + np.ascontiguousarray(array).tobytes()
+
+
+_PPM_HEADER = re.compile(rb'P6\s+(\d+)\s+(\d+)\s+255\s')
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+  """(H, W, 3) uint8 pixels of bytes from read_encoded_rgb.
+
+  Binary PPM comes back as a read-only zero-copy view (a training patch then costs no copy of
+  the whole image); anything else goes through Pillow.
+  """
+  header = _PPM_HEADER.match(data[:64])
+  if header:
+    w, h = int(header.group(1)), int(header.group(2))
+    return np.frombuffer(data, np.uint8, count=h * w * 3, offset=header.end()).reshape(h, w, 3)
+  with Image.open(io.BytesIO(data)) as image:
+    image.load()
+    return _to_rgb(image)
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
