@@ -11,11 +11,11 @@ import re
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from mirl_jax import checkpointing
 from mirl_jax import masks as masks_lib
-from mirl_jax.models import PromptIR
+from mirl_jax import models
 
 UNUSED = ("chnl_reduce1", "chnl_reduce2", "chnl_reduce3",
           "reduce_noise_channel_1", "reduce_noise_channel_2", "reduce_noise_channel_3")
@@ -67,13 +67,6 @@ def _to_torch(leaf: str, array: np.ndarray) -> np.ndarray:
   return array
 
 
-def param_shapes(model: PromptIR) -> Any:
-  """The params tree of `model` as ShapeDtypeStructs, with no compute."""
-  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), x)
-  return variables["params"]
-
-
 def _as_numpy(value) -> np.ndarray:
   if hasattr(value, "detach"):  # a torch tensor, without importing torch
     value = value.detach().cpu().float().numpy()
@@ -88,7 +81,7 @@ def _strip(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in state_dict.items() if k.split(".")[0] not in UNUSED}
 
 
-def params_from_torch(state_dict: Mapping[str, Any], model: PromptIR | None = None):
+def params_from_torch(state_dict: Mapping[str, Any], model: models.PromptIR | None = None):
   """Returns (params, masks) for `model` (default: MIR-L's PromptIR).
 
   Masks mark the non-zero entries of prunable tensors: the surviving weights
@@ -96,7 +89,7 @@ def params_from_torch(state_dict: Mapping[str, Any], model: PromptIR | None = No
   one ValueError that lists all of them.
   """
   state_dict = _strip(state_dict)
-  shapes = param_shapes(model or PromptIR())
+  shapes = models.param_shapes(model or models.PromptIR())
   flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
   names = [torch_name(tuple(masks_lib.path_name(p).split("/"))) for p, _ in flat]
   missing = [n for n in names if n not in state_dict]
@@ -163,3 +156,16 @@ def load_state_dict(path: str) -> dict[str, Any]:
     return dict(obj)
   raise ValueError(f"Unknown checkpoint format {ext!r} for {path}: "
                    "expected .ckpt, .pth, .pt or .npz")
+
+
+def import_checkpoint(path: str, workdir: str, model: models.PromptIR) -> dict:
+  """Converts `path` into ticket 0 of an empty `workdir`; returns its counts."""
+  existing = checkpointing.ticket_indices(workdir)
+  if existing:
+    raise ValueError(f"{workdir} already holds tickets {existing}; import into an "
+                     "empty workdir so that nothing saved is overwritten")
+  params, masks = params_from_torch(load_state_dict(path), model)
+  counts = masks_lib.count(params, masks)
+  checkpointing.save_ticket(workdir, 0, params, masks, meta=dict(
+      imported_from=os.path.abspath(path), **counts))
+  return counts

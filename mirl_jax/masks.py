@@ -41,3 +41,15 @@ def apply_masks(params: Any, masks: Any) -> Any:
   return jax.tree.map(
       lambda p, m: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
       params, masks, is_leaf=lambda x: x is None)
+
+
+def count(params: Any, masks: Any) -> dict:
+  """Totals of a ticket: all params, prunable, alive prunable, non-zero."""
+  pairs = jax.tree.leaves(jax.tree.map(
+      lambda p, m: (np.size(p), 0 if m is None else np.size(m),
+                    0 if m is None else int(np.count_nonzero(m)),
+                    int(np.count_nonzero(np.asarray(p)))),
+      params, masks, is_leaf=lambda x: x is None), is_leaf=lambda x: isinstance(x, tuple))
+  total, prunable, alive, nonzero = (int(sum(c)) for c in zip(*pairs))
+  return dict(params=total, prunable=prunable, alive=alive, nonzero=nonzero,
+              remaining=alive / max(prunable, 1))
