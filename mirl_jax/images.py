@@ -133,6 +133,10 @@ def decode_rgb(data: bytes) -> np.ndarray:
     return _to_rgb(image)
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
   """Writes a PNG atomically: a temporary file in the same folder, then os.replace."""
   path = Path(path)
@@ -143,6 +147,7 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
   try:
     with os.fdopen(handle, 'wb') as file:
       file.write(data)
+    os.chmod(temp_name, 0o666 & ~_UMASK)  # mkstemp makes it private; outputs are not
     os.replace(temp_name, path)
   except BaseException:
     Path(temp_name).unlink(missing_ok=True)

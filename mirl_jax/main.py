@@ -6,6 +6,7 @@ the command line as --config.a.b=value, and a mistyped key is an error.
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from mirl_jax import checkpointing
@@ -54,6 +55,8 @@ def run_restore(config, workdir: str) -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:  # Orbax logs every step at INFO
+    logging.set_verbosity(logging.WARNING)
   modes = {"import": run_import, "restore": run_restore}
   try:
     modes[FLAGS.mode](FLAGS.config, FLAGS.workdir)
