@@ -10,6 +10,7 @@ back exactly the same params. Tickets live in ``WORKDIR/tickets/<index>``
 import os
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -17,7 +18,9 @@ import orbax.checkpoint as ocp
 from mirl_jax import masks as masks_lib
 from mirl_jax import models
 
-TICKETS = "tickets"
+TICKETS = "tickets"          # one per finished round, all kept
+REWIND = "rewind"            # late rewinding's params of round 0
+CHECKPOINTS = "checkpoints"  # mid-round training state, the newest kept
 
 
 def pack_ticket(params: Any, masks: Any) -> Any:
@@ -57,27 +60,27 @@ def unpack_ticket(packed: Any):
   return params, masks
 
 
-def _manager(workdir: str, create: bool) -> ocp.CheckpointManager:
+def _manager(workdir: str, folder: str, create: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(create=create, max_to_keep=None)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), TICKETS),
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), folder),
                                options=options, item_names=("ticket", "meta"))
 
 
 def save_ticket(workdir: str, index: int, params: Any, masks: Any,
-                meta: dict) -> str:
+                meta: dict, folder: str = TICKETS) -> str:
   """Writes ticket `index`; Orbax commits it atomically (tmp dir + rename)."""
-  with _manager(workdir, create=True) as manager:
+  with _manager(workdir, folder, create=True) as manager:
     manager.save(index, args=ocp.args.Composite(
         ticket=ocp.args.StandardSave(pack_ticket(params, masks)),
         meta=ocp.args.JsonSave(meta)), force=True)
     manager.wait_until_finished()
-  return os.path.join(os.path.abspath(workdir), TICKETS, str(index))
+  return os.path.join(os.path.abspath(workdir), folder, str(index))
 
 
-def ticket_indices(workdir: str) -> list[int]:
-  if not os.path.isdir(os.path.join(workdir, TICKETS)):
+def ticket_indices(workdir: str, folder: str = TICKETS) -> list[int]:
+  if not os.path.isdir(os.path.join(workdir, folder)):
     return []
-  with _manager(workdir, create=False) as manager:
+  with _manager(workdir, folder, create=False) as manager:
     return list(manager.all_steps())
 
 
@@ -98,23 +101,73 @@ def _check_architecture(params: Any, model, where: str) -> None:
         (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
 
 
-def restore_ticket(workdir: str, index: int | None = None, model=None):
+def restore_ticket(workdir: str, index: int | None = None, model=None,
+                   folder: str = TICKETS):
   """Returns (params, masks, meta) of ticket `index` (default: the latest).
 
   With `model`, the ticket's shapes are checked against it first.
   """
-  indices = ticket_indices(workdir)
+  indices = ticket_indices(workdir, folder)
   if not indices:
     raise ValueError(
-        f"No ticket in {os.path.join(workdir, TICKETS)}: train a run there or "
+        f"No ticket in {os.path.join(workdir, folder)}: train a run there or "
         "import a PyTorch checkpoint with --mode import first")
   index = max(indices) if index is None else index
   if index not in indices:
     raise ValueError(f"No ticket {index} in {workdir}; it has {sorted(indices)}")
-  with _manager(workdir, create=False) as manager:
+  with _manager(workdir, folder, create=False) as manager:
     restored = manager.restore(index, args=ocp.args.Composite(
         ticket=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
   params, masks = unpack_ticket(restored.ticket)
   if model is not None:
-    _check_architecture(params, model, os.path.join(workdir, TICKETS, str(index)))
+    _check_architecture(params, model, os.path.join(workdir, folder, str(index)))
   return params, masks, dict(restored.meta)
+
+
+class TrainCheckpoints:
+  """Mid-round state: params and masks (sparse), optimizer, data iterator.
+
+  Steps count over the whole run (round * steps_per_round + step in round).
+  The newest two are kept, so a save killed half-way still leaves one.
+  """
+
+  def __init__(self, workdir: str, max_to_keep: int = 2):
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+    self.max_to_keep = max_to_keep
+
+  def _manager(self) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(create=True, max_to_keep=self.max_to_keep)
+    return ocp.CheckpointManager(self.directory, options=options,
+                                 item_names=("ticket", "opt_state", "meta", "data"))
+
+  def save(self, step: int, state, masks: Any, iterator, meta: dict) -> None:
+    """`state` on the host (numpy), `masks` dense-True for round 0."""
+    with self._manager() as manager:
+      manager.save(step, args=ocp.args.Composite(
+          ticket=ocp.args.StandardSave(pack_ticket(state.params, masks)),
+          opt_state=ocp.args.StandardSave(state.opt_state),
+          meta=ocp.args.JsonSave(dict(meta, step=step, opt_step=int(state.step))),
+          data=grain.checkpoint.CheckpointSave(iterator)))
+      manager.wait_until_finished()
+
+  def latest_meta(self) -> dict | None:
+    if not os.path.isdir(self.directory):
+      return None
+    with self._manager() as manager:
+      step = manager.latest_step()
+      if step is None:
+        return None
+      return dict(manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore())).meta)
+
+  def restore(self, step: int, state, iterator):
+    """(state with params, optimizer and step restored; masks); sets `iterator`."""
+    target = jax.tree.map(np.asarray, state.opt_state)
+    with self._manager() as manager:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          ticket=ocp.args.StandardRestore(), opt_state=ocp.args.StandardRestore(target),
+          meta=ocp.args.JsonRestore(), data=grain.checkpoint.CheckpointRestore(iterator)))
+    params, masks = unpack_ticket(restored.ticket)
+    state = state.replace(params=params, opt_state=restored.opt_state,
+                          step=np.asarray(restored.meta["opt_step"]))
+    return state, masks
