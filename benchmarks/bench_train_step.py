@@ -1,0 +1,133 @@
+"""One training step of the default PromptIR on this CPU, and one pruning round.
+
+Each configuration runs in a fresh subprocess so its peak RSS (ru_maxrss) is its
+own. Reported: compile time, median step time, peak RSS of a masked step (a
+pruned round) and of an unmasked one (round 0), the masking share of the step
+as their difference, and the median time of a global pruning round over the
+full network (33M prunable weights, all alive: the slowest round). Params come
+from models.init_params (PyTorch's scales).
+Reference (PyTorch, 2 threads, same machine): 18.4 s per step, 7.8 GiB peak RSS.
+
+XLA's CPU "concurrency optimized" scheduler roughly doubles the step's temporary
+memory here, so children run with it off by default (--xla_flags to change).
+
+    python benchmarks/bench_train_step.py [--steps 5] [--batch 8] [--size 64] [--microbatches 1]
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _peak_rss_gib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def run_step(masked: bool, steps: int, batch: int, size: int, microbatches: int) -> dict:
+  """One configuration, in this process: compile, then `steps` timed steps."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from mirl_jax import lottery, masks as masks_lib, models, train_step as ts  # pylint: disable=import-outside-toplevel
+  from mirl_jax.models import PromptIR  # pylint: disable=import-outside-toplevel
+
+  model, rng = PromptIR(), np.random.default_rng(0)
+  params = models.init_params(model, jax.random.key(0))
+  masks = lottery.prune(params, masks_lib.dense_masks(params), 20) if masked else None
+  mesh = ts.make_mesh(jax.devices()[:1])
+  state = ts.replicate(mesh, ts.create_train_state(model, params, ts.make_optimizer(2e-4)))
+  masks = ts.replicate(mesh, masks)
+  x = ts.shard_batch(mesh, rng.random((batch, size, size, 3), np.float32))
+  y = ts.shard_batch(mesh, rng.random((batch, size, size, 3), np.float32))
+  step = ts.make_train_step(mesh, microbatches=microbatches)
+  t = time.perf_counter()
+  compiled = step.lower(state, masks, x, y).compile()
+  compile_s = time.perf_counter() - t
+  temp_gib = compiled.memory_analysis().temp_size_in_bytes / 2**30
+  times = []
+  for _ in range(steps + 1):  # the first run also pays allocation warm-up
+    t = time.perf_counter()
+    state, metrics = compiled(state, masks, x, y)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t)
+  return {"compile_s": compile_s, "temp_gib": temp_gib, "step_s": statistics.median(times[1:]),
+          "steps_s": times[1:], "peak_rss_gib": _peak_rss_gib(),
+          "loss": float(metrics["loss"])}
+
+
+def run_prune(repeats: int) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  from mirl_jax import lottery, masks as masks_lib, models  # pylint: disable=import-outside-toplevel
+  from mirl_jax.models import PromptIR  # pylint: disable=import-outside-toplevel
+
+  params = models.init_params(PromptIR(), jax.random.key(0))
+  masks = masks_lib.dense_masks(params)
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    lottery.prune(params, masks, 20, "global")
+    times.append(time.perf_counter() - t)
+  return {"prune_s": statistics.median(times), "prune_all_s": times}
+
+
+def _child(kind: str, args) -> dict | None:
+  """The child's figures, or None if it died (e.g. killed for lack of memory)."""
+  cmd = [sys.executable, __file__, "--child", kind, "--steps", str(args.steps),
+         "--batch", str(args.batch), "--size", str(args.size),
+         "--microbatches", str(args.microbatches)]
+  env = dict(os.environ, XLA_FLAGS=args.xla_flags)
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+  if out.returncode:
+    print(f"  {kind}: exit code {out.returncode}{' (killed: out of memory?)' if out.returncode == -9 else ''}"
+          f"\n{out.stderr[-1500:]}")
+    return None
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--size", type=int, default=64)
+  parser.add_argument("--microbatches", type=int, default=1,
+                      help="split the batch to bound activation memory")
+  parser.add_argument("--xla_flags", default="--xla_cpu_enable_concurrency_optimized_scheduler=false")
+  parser.add_argument("--only", choices=("masked", "dense", "prune"), action="append",
+                      help="run only these configurations (repeatable)")
+  parser.add_argument("--child", choices=("masked", "dense", "prune"))
+  args = parser.parse_args()
+  if args.child == "prune":
+    print(json.dumps(run_prune(5)))
+    return
+  if args.child:
+    print(json.dumps(run_step(args.child == "masked", args.steps, args.batch, args.size,
+                              args.microbatches)))
+    return
+  shape = f"{args.batch}x{args.size}x{args.size}x3"
+  kinds = args.only or ["masked", "dense", "prune"]
+  res = {k: _child(k, args) for k in kinds}
+  print(f"PromptIR (default) training step, batch {shape} in {args.microbatches} "
+        f"microbatch(es), CPU, median of {args.steps}, "
+        f"XLA_FLAGS={args.xla_flags!r}:")
+  for name, key in (("masked (rounds >= 1)", "masked"), ("unmasked (round 0)", "dense")):
+    r = res.get(key)
+    if r:
+      print(f"  {name:22} step {r['step_s']:6.2f} s   compile {r['compile_s']:6.1f} s   "
+            f"peak RSS {r['peak_rss_gib']:5.2f} GiB (XLA temp {r['temp_gib']:.2f} GiB)   "
+            f"vs PyTorch 18.4 s / 7.8 GiB: {r['step_s'] / 18.4:.2f}x time, "
+            f"{r['peak_rss_gib'] / 7.8:.2f}x memory")
+  if res.get("masked") and res.get("dense"):
+    share = (res["masked"]["step_s"] - res["dense"]["step_s"]) / res["masked"]["step_s"]
+    print(f"  masking share of the step: {100 * share:.1f}% (masked - unmasked)")
+  if res.get("prune"):
+    p = res["prune"]
+    print(f"pruning round (global, 33.0M alive weights): median {p['prune_s']:.2f} s "
+          f"of {[round(t, 2) for t in p['prune_all_s']]}")
+
+if __name__ == "__main__":
+  main()
