@@ -1,10 +1,22 @@
-r"""The one entry point: python -m mirl_jax.main --config FILE --workdir DIR --mode M.
+r"""The one entry point: python -m mirl_jax.main --config FILE --workdir DIR [--mode M].
 
 Config files define `get_config()` (ml_collections); any key can be set on
-the command line as --config.a.b=value, and a mistyped key is an error.
+the command line as --config.a.b=value, and a mistyped key is an error that
+suggests the right one. Several processes (TPU pod hosts, SLURM tasks) join
+one run with --distributed (or --coordinator_address, --num_processes,
+--process_id for a hand-made cluster).
 """
 
-from absl import app
+import os
+
+# XLA's concurrency-optimised CPU scheduler keeps many activations alive at once:
+# off, a training step of the default network needs a quarter less memory. It is
+# read once, when JAX starts, so it is set before JAX is imported.
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+    os.environ.get("XLA_FLAGS"), "--xla_cpu_enable_concurrency_optimized_scheduler=false"]))
+
+import jax  # pylint: disable=wrong-import-position
+from absl import app  # pylint: disable=wrong-import-position
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -18,10 +30,50 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where tickets, checkpoints and logs live.")
-flags.DEFINE_enum("mode", None, ["import", "restore"],
-                  "import: a PyTorch checkpoint into the workdir; "
-                  "restore: your images with the workdir's latest ticket.")
-flags.mark_flags_as_required(["config", "workdir", "mode"])
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "restore", "import", "prepare"],
+                  "train: run (or resume) IMP; evaluate: a ticket on the test sets; "
+                  "restore: your images; import: a PyTorch checkpoint; prepare: "
+                  "build the datasets the config names.")
+flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() from the "
+                  "cluster's environment (TPU pods, SLURM).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run_train(config, workdir: str) -> None:
+  from mirl_jax import train  # pylint: disable=import-outside-toplevel
+  train.train_and_evaluate(config, workdir)
+
+
+def run_evaluate(config, workdir: str) -> None:
+  from mirl_jax import evaluate, train  # pylint: disable=import-outside-toplevel
+  model = models.PromptIR(**config.model)
+  index = None if config.eval.ticket < 0 else config.eval.ticket
+  params, _, meta = checkpointing.restore_ticket(workdir, index, model=model)
+  index = meta.get("round", index if index is not None else max(
+      checkpointing.ticket_indices(workdir)))
+  data = train.data_config(config, workdir)
+  train.ensure_demo_data(data)
+  out = os.path.join(workdir, "eval")
+  results = evaluate.evaluate(
+      restore.make_forward(model, params), data, seed=config.eval.seed,
+      output_dir=os.path.join(out, f"ticket_{index:02d}") if config.eval.save_images else None)
+  print(evaluate.format_table(results))
+  if jax.process_index() == 0:
+    evaluate.write_reports(results, out, stem=f"ticket_{index:02d}")
+    print(f"Reports in {out}/ticket_{index:02d}.md and .json")
+
+
+def run_prepare(config, workdir: str) -> None:
+  from mirl_jax import datasets, train  # pylint: disable=import-outside-toplevel
+  data = train.data_config(config, workdir)
+  if data.demo:
+    train.ensure_demo_data(data)
+  else:
+    datasets.prepare(data)
+  print(f"Datasets ready in {data.data_dir}")
 
 
 def run_import(config, workdir: str) -> None:
@@ -44,23 +96,36 @@ def run_restore(config, workdir: str) -> None:
                          "and --config.restore.output_dir=DIR")
   model = models.PromptIR(**config.model)
   index = None if cfg.ticket < 0 else cfg.ticket
-  params, masks, _ = checkpointing.restore_ticket(workdir, index, model=model)
-  del masks  # a ticket's pruned weights are stored as zeros
+  params, _, _ = checkpointing.restore_ticket(workdir, index, model=model)
   inputs = [p for p in cfg.inputs.split(",") if p]
   written = restore.restore_files(restore.make_forward(model, params), inputs,
                                   cfg.output_dir, tile=cfg.tile, overlap=cfg.overlap)
   print(f"Restored {len(written)} image(s) into {cfg.output_dir}")
 
 
+MODES = {"train": run_train, "evaluate": run_evaluate, "restore": run_restore,
+         "import": run_import, "prepare": run_prepare}
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:  # Orbax logs every step at INFO
+  if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
-  modes = {"import": run_import, "restore": run_restore}
+  # Compiling the network takes a minute on a CPU: keep it for restarts.
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.join(os.path.expanduser("~"), ".cache", "mirl_jax", "xla"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id)
+  elif FLAGS.distributed:
+    jax.distributed.initialize()
   try:
-    modes[FLAGS.mode](FLAGS.config, FLAGS.workdir)
-  except ValueError as e:  # bad input: a clear message, no traceback
+    MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    # Bad input or a diverged run: a clear message, no traceback.
     raise SystemExit(f"error: {e}") from e
 
 

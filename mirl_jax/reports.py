@@ -1,0 +1,115 @@
+"""What a run shows: TensorBoard scalars, summary.json, PSNR plot, sample grids.
+
+Only process 0 writes; every writer here replaces its file atomically, so a
+run killed mid-write never leaves a truncated summary or image behind.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+SUMMARY = "summary.json"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_bytes(data)
+  os.replace(tmp, path)
+
+
+class TensorBoard:
+  """Scalars under WORKDIR/tensorboard; a no-op on processes other than 0."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self._writer = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def scalars(self, step: int, values: dict) -> None:
+    if self._writer is not None:
+      for name, value in values.items():
+        self._writer.add_scalar(name, float(value), step)
+
+  def flush(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+
+
+def read_summary(workdir: str) -> list[dict]:
+  path = Path(workdir) / SUMMARY
+  return json.loads(path.read_text()) if path.exists() else []
+
+
+def update_summary(workdir: str, entry: dict) -> list[dict]:
+  """Adds or replaces the entry of entry['round']; returns all entries by round."""
+  entries = [e for e in read_summary(workdir) if e["round"] != entry["round"]]
+  entries = sorted(entries + [entry], key=lambda e: e["round"])
+  _atomic_write(Path(workdir) / SUMMARY, json.dumps(entries, indent=2).encode())
+  return entries
+
+
+def summary_entry(round_index: int, counts: dict, results: list[dict]) -> dict:
+  """One round: sparsity and, per task and test set, restored and input metrics."""
+  return dict(
+      round=round_index, remaining=counts["remaining"], nonzero=counts["nonzero"],
+      params=counts["params"],
+      results={f"{r['degradation']}/{r['dataset']}": {
+          k: r[k] for k in ("psnr", "ssim", "input_psnr", "input_ssim")} for r in results})
+
+
+def plot_psnr(workdir: str, entries: list[dict]) -> Path:
+  """PSNR per task and test set against the remaining fraction of prunable weights."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  names = sorted({name for e in entries for name in e["results"]})
+  for name in names:
+    points = [(100 * e["remaining"], e["results"][name]["psnr"]) for e in entries
+              if name in e["results"]]
+    ax.plot(*zip(*points), marker="o", label=name)
+  ax.set_xscale("log")
+  ax.invert_xaxis()
+  ax.set_xlabel("remaining prunable weights (%)")
+  ax.set_ylabel("PSNR (dB)")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  path = Path(workdir) / "psnr_vs_remaining.png"
+  tmp = path.with_name(".psnr_vs_remaining.tmp.png")
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def sample_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                height: int = 128) -> np.ndarray:
+  """degraded | restored | clean, one row per sample, resized to a common height."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  def fit(image):
+    image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    h, w = image.shape[:2]
+    width = max(1, round(w * height / h))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+  lines = [np.concatenate([fit(a), fit(b), fit(c)], axis=1) for a, b, c in rows]
+  width = max(line.shape[1] for line in lines)
+  lines = [np.pad(line, ((0, 4), (0, width - line.shape[1]), (0, 0))) for line in lines]
+  return np.concatenate(lines, axis=0)
+
+
+def write_samples(forward, data_config, seed: int, path: str) -> None:
+  """The first test image of every evaluation, as a degraded/restored/clean grid."""
+  from mirl_jax import images, pipeline  # pylint: disable=import-outside-toplevel
+  rows = []
+  for eval_set in pipeline.eval_sets(data_config):
+    example = next(iter(pipeline.eval_dataset(data_config, eval_set, seed=seed)))
+    restored = np.asarray(forward(example["degraded"]))[0]
+    rows.append((example["degraded"][0], restored, example["clean"][0]))
+  images.write_png(path, sample_grid(rows))

@@ -1,0 +1,221 @@
+"""Runs MIR-L: dense round 0, then prune, rewind and retrain, round after round.
+
+Everything a preempted run needs to continue lives in the workdir: one ticket
+per finished round (tickets/<round>), and mid-round checkpoints (params,
+masks, optimizer and data-iterator state) under checkpoints/. Restarting with
+the same workdir resumes from the latest of them and ends with the same
+params and masks as an uninterrupted run; the initial params are never
+stored, they are re-created from config.seed.
+"""
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from mirl_jax import checkpointing
+from mirl_jax import demo_data
+from mirl_jax import evaluate
+from mirl_jax import lottery
+from mirl_jax import masks as masks_lib
+from mirl_jax import models
+from mirl_jax import pipeline
+from mirl_jax import reports
+from mirl_jax import restore
+from mirl_jax import rounds
+from mirl_jax import schedule
+from mirl_jax import sparsity
+from mirl_jax import train_step
+
+
+def data_config(config, workdir: str) -> ml_collections.ConfigDict:
+  """config.data with the per-process batch, and the demo's sets and folders."""
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  data.batch_size = config.data.batch_size * jax.local_device_count()
+  if data.demo:
+    data.manual_dir = data.manual_dir or os.path.join(workdir, "demo", "raw")
+    data.data_dir = data.data_dir or os.path.join(workdir, "demo", "tfds")
+    data.train_sets = tuple(data.train_sets) or demo_data.DEMO_TRAIN_SETS
+    data.test_sets = tuple(data.test_sets) or demo_data.DEMO_TEST_SETS
+  return data
+
+
+def ensure_demo_data(data) -> None:
+  if data.demo:
+    if jax.process_index() == 0:
+      demo_data.build_demo(data.manual_dir, data.data_dir)
+    _barrier("demo_data")
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def _host(tree):
+  """Numpy copies of (replicated) arrays: safe from donation and multi-host."""
+  return jax.tree.map(
+      lambda x: np.array(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+
+
+class Run:
+  """One IMP run in a workdir; `train()` starts or resumes it."""
+
+  def __init__(self, config, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.model = models.PromptIR(**config.model)
+    self.data = data_config(config, workdir)
+    ensure_demo_data(self.data)
+    self.mesh = train_step.make_mesh()
+    self.main = jax.process_index() == 0
+    self.key = jax.random.key(config.seed)
+    self.steps_per_epoch = pipeline.steps_per_epoch(self.data)
+    self.steps_per_round = config.train.epochs * self.steps_per_epoch
+    self.checkpoints = checkpointing.TrainCheckpoints(workdir)
+    self.tb = reports.TensorBoard(workdir, self.main)
+    self.step_fn = train_step.make_train_step(self.mesh)
+    self._late = None
+
+  # -- rewinding -------------------------------------------------------------
+
+  def init_params(self):
+    return models.init_params(self.model, self.key)
+
+  def rewind_source(self, round_index: int):
+    del round_index
+    mode = self.config.lottery.rewind
+    if mode == "late" and self._late is None:
+      self._late = checkpointing.restore_ticket(
+          self.workdir, 0, folder=checkpointing.REWIND)[0]
+    return lottery.rewind_target(mode, model=self.model, key=self.key,
+                                 late_params=self._late)
+
+  # -- one round -------------------------------------------------------------
+
+  def _optimizer(self):
+    cfg = self.config.train
+    lr = schedule.optax_schedule(cfg.learning_rate, cfg.warmup_epochs, cfg.epochs,
+                                 self.steps_per_epoch, per_epoch=cfg.lr_per_epoch)
+    return lr, train_step.make_optimizer(lr, weight_decay=cfg.weight_decay)
+
+  def train_round(self, r: int, params, masks):
+    """Trains round r from `params` or from its mid-round checkpoint."""
+    lr, tx = self._optimizer()
+    state = train_step.create_train_state(self.model, params, tx)
+    stored_masks = masks if masks is not None else masks_lib.dense_masks(params)
+    iterator = pipeline.train_data(self.data, seed=self.config.seed + r,
+                                   num_epochs=self.config.train.epochs).iterator()
+    start = 0
+    saved = self.checkpoints.latest_meta()
+    if saved is not None and saved["round"] == r:
+      state, restored_masks = self.checkpoints.restore(saved["step"], state, iterator)
+      if not all(np.array_equal(a, b) for a, b in zip(
+          jax.tree.leaves(restored_masks), jax.tree.leaves(stored_masks))):
+        raise ValueError(f"The checkpoint of round {r} in {self.workdir} has other masks "
+                         "than its tickets give: was the config changed?")
+      start = saved["step_in_round"]
+      logging.warning("Resuming round %d at step %d of %d", r, start, self.steps_per_round)
+    state = train_step.replicate(self.mesh, state)
+    device_masks = None if masks is None else train_step.replicate(self.mesh, masks)
+    bar = tqdm(total=self.steps_per_round, initial=start, desc=f"round {r}", unit="step",
+               disable=not self.main, dynamic_ncols=True)
+    global_base = r * self.steps_per_round
+    pending = None
+    for step in range(start, self.steps_per_round):
+      batch = next(iterator)
+      state, metrics = self.step_fn(
+          state, device_masks, train_step.shard_batch(self.mesh, batch["degraded"]),
+          train_step.shard_batch(self.mesh, batch["clean"]))
+      if pending is not None:
+        train_step.check_finite(pending[1], r, pending[0])
+      pending = (step, metrics)
+      done = step + 1
+      if r == 0 and self.config.lottery.rewind == "late" and done == self.config.lottery.late_step:
+        checkpointing.save_ticket(self.workdir, 0, _host(state.params),
+                                  masks_lib.dense_masks(params), {"step": done},
+                                  folder=checkpointing.REWIND)
+      if done % self.config.train.log_every_steps == 0 or done == self.steps_per_round:
+        loss = float(metrics["loss"])
+        bar.set_postfix(loss=f"{loss:.4f}")
+        self.tb.scalars(global_base + done, {"train/loss": loss, "train/lr": lr(step),
+                                              "train/grad_norm": float(metrics["grad_norm"])})
+      if done % self.config.train.checkpoint_every_steps == 0 and done < self.steps_per_round:
+        train_step.check_finite(metrics, r, step)  # never checkpoint a NaN
+        self.checkpoints.save(global_base + done, _host(state), stored_masks, iterator,
+                              dict(round=r, step_in_round=done))
+      bar.update(1)
+    bar.close()
+    if pending is not None:
+      train_step.check_finite(pending[1], r, pending[0])
+    if hasattr(iterator, "close"):
+      iterator.close()
+    return _host(state.params)
+
+  # -- between rounds ---------------------------------------------------------
+
+  def end_round(self, result: rounds.RoundResult) -> None:
+    """Ticket first (it marks the round done), then evaluation and reports."""
+    r = result.round_index
+    counts = masks_lib.count(result.params, result.masks)
+    checkpointing.save_ticket(self.workdir, r, result.params, result.masks,
+                              dict(round=r, **counts))
+    self.report_round(r, result.params, result.masks)
+
+  def report_round(self, r: int, params, masks) -> None:
+    counts = masks_lib.count(params, masks)
+    forward = restore.make_forward(self.model, params)
+    results = evaluate.evaluate(forward, self.data, seed=self.config.eval.seed,
+                                progress=self.main)
+    if not self.main:
+      return
+    rows = sparsity.report(params, masks)
+    sparsity_dir = os.path.join(self.workdir, "sparsity")
+    os.makedirs(sparsity_dir, exist_ok=True)
+    with open(os.path.join(sparsity_dir, f"round_{r:02d}.txt"), "w") as f:
+      f.write(sparsity.table(rows) + "\n")
+    print(f"\nRound {r}: {sparsity.summary(rows)} (per layer: {sparsity_dir}/round_{r:02d}.txt)")
+    print(evaluate.format_table(results))
+    eval_dir = os.path.join(self.workdir, "eval")
+    os.makedirs(eval_dir, exist_ok=True)
+    evaluate.write_reports(results, eval_dir, stem=f"round_{r:02d}")
+    entries = reports.update_summary(self.workdir, reports.summary_entry(r, counts, results))
+    reports.plot_psnr(self.workdir, entries)
+    reports.write_samples(forward, self.data, self.config.eval.seed,
+                          os.path.join(self.workdir, f"samples_round_{r:02d}.png"))
+    self.tb.scalars(r, {"sparsity/remaining": counts["remaining"],
+                        **{f"eval/{e['degradation']}/{e['dataset']}/{k}": e[k]
+                           for e in results for k in ("psnr", "ssim")}})
+    self.tb.flush()
+
+  # -- the run ----------------------------------------------------------------
+
+  def train(self) -> rounds.RoundResult | None:
+    done = checkpointing.ticket_indices(self.workdir)
+    reported = {e["round"] for e in reports.read_summary(self.workdir)}
+    for r in done:  # a run stopped between its ticket and its reports
+      if r not in reported:
+        params, masks, _ = checkpointing.restore_ticket(self.workdir, r, model=self.model)
+        self.report_round(r, params, masks)
+    last = max(done) if done else -1
+    if last >= self.config.lottery.rounds:
+      logging.warning("All %d rounds are done in %s", last + 1, self.workdir)
+      return None
+    if last < 0:
+      params = self.init_params()
+      masks = masks_lib.dense_masks(params)
+    else:
+      params, masks, _ = checkpointing.restore_ticket(self.workdir, last, model=self.model)
+    cfg = self.config.lottery
+    return rounds.run(params, masks, train_round=self.train_round,
+                      rewind_source=self.rewind_source, num_rounds=cfg.rounds,
+                      percent=cfg.percent, scope=cfg.scope,
+                      keep_trained=cfg.keep_trained_prompts, start_round=last + 1,
+                      on_round_end=self.end_round)
+
+
+def train_and_evaluate(config, workdir: str):
+  return Run(config, workdir).train()
