@@ -6,6 +6,7 @@ of one fixed shape (one compilation), blended with a feathered window, so a
 4000x3000 photo needs the memory of a tile, not of the photo.
 """
 
+import functools
 import os
 from pathlib import Path
 from typing import Callable, Iterable
@@ -86,9 +87,15 @@ def collect_inputs(inputs: Iterable[str]) -> list[Path]:
   return files
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_apply(model):
+  """One compiled forward per model (and input shape), shared by every ticket."""
+  return jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+
 def make_forward(model, params) -> Callable[[np.ndarray], np.ndarray]:
   params = jax.device_put(params)
-  apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
+  apply = _jitted_apply(model)
   return lambda x: apply(params, x)
 
 

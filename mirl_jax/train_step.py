@@ -142,8 +142,12 @@ def _local_step(state: TrainState, masks: Any, degraded: jax.Array, clean: jax.A
   return state, {"loss": loss, "grad_norm": grad_norm}
 
 
+@functools.lru_cache(maxsize=8)
 def make_train_step(mesh: Mesh, donate: bool = True, microbatches: int = 1) -> Callable:
   """(state, masks, degraded, clean) -> (state, {'loss', 'grad_norm'}), jitted.
+
+  Cached per mesh, so a run that restarts in the same process (or a round
+  after a round) reuses the compiled step instead of compiling it again.
 
   state and masks replicated (see `replicate`), images sharded along the batch
   (see `shard_batch`). With donate=True the input state's buffers are reused:

@@ -1,0 +1,81 @@
+"""A whole (tiny) IMP run, and one interrupted mid-round that resumes to the same end."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+from configs import demo
+from mirl_jax import checkpointing
+from mirl_jax import train
+
+
+def _config():
+  config = demo.get_config()
+  config.model.update(dict(dim=4, num_blocks=(1, 1, 1, 1), heads=(1, 1, 1, 1),
+                           prompt_dims=(4, 4, 4), prompt_sizes=(4, 4, 4)))
+  config.data.update(dict(patch_size=16, batch_size=4,
+                          repeats=dict(denoise=1, derain=1, dehaze=1)))
+  config.train.update(dict(epochs=2, warmup_epochs=1, checkpoint_every_steps=3,
+                           log_every_steps=2))
+  config.lottery.rounds = 1
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  flags.FLAGS.mark_as_parsed()
+  workdir = tmp_path_factory.mktemp("run")
+  train.train_and_evaluate(_config(), str(workdir))
+  return workdir
+
+
+def test_a_run_leaves_tickets_reports_and_logs(finished):
+  assert checkpointing.ticket_indices(str(finished)) == [0, 1]
+  _, masks0, _ = checkpointing.restore_ticket(str(finished), 0)
+  params1, masks1, meta1 = checkpointing.restore_ticket(str(finished), 1)
+  assert all(np.all(m) for m in jax.tree.leaves(masks0))  # round 0 is dense
+  assert 0.79 < meta1["remaining"] < 0.81  # 20% of the survivors pruned
+  with_none = jax.tree.leaves(masks1, is_leaf=lambda x: x is None)
+  for p, m in zip(jax.tree.leaves(params1), with_none):
+    assert m is None or np.all(np.asarray(p)[~np.asarray(m)] == 0)
+  summary = json.loads((finished / "summary.json").read_text())
+  assert [e["round"] for e in summary] == [0, 1]
+  for entry in summary:
+    assert set(entry["results"]) == {"denoise_15/DemoClean", "denoise_25/DemoClean",
+                                     "denoise_50/DemoClean", "derain/DemoRain",
+                                     "dehaze/DemoHaze"}
+    for metrics in entry["results"].values():
+      assert set(metrics) == {"psnr", "ssim", "input_psnr", "input_ssim"}
+      assert all(np.isfinite(v) for v in metrics.values())
+  for name in ("psnr_vs_remaining.png", "samples_round_01.png", "eval/round_01.md",
+               "sparsity/round_01.txt"):
+    assert (finished / name).stat().st_size > 0, name
+  assert list((finished / "tensorboard").iterdir())
+
+
+def test_an_interrupted_run_resumes_to_the_same_tickets(finished, tmp_path, monkeypatch):
+  save = checkpointing.TrainCheckpoints.save
+
+  class Preempted(Exception):
+    pass
+
+  def save_then_stop(self, step, state, masks, iterator, meta):
+    save(self, step, state, masks, iterator, meta)
+    if meta["round"] == 1:
+      raise Preempted
+
+  monkeypatch.setattr(checkpointing.TrainCheckpoints, "save", save_then_stop)
+  with pytest.raises(Preempted):
+    train.train_and_evaluate(_config(), str(tmp_path))
+  assert checkpointing.ticket_indices(str(tmp_path)) == [0]
+  monkeypatch.setattr(checkpointing.TrainCheckpoints, "save", save)
+  train.train_and_evaluate(_config(), str(tmp_path))  # resumes mid-round 1
+
+  for index in (0, 1):
+    want = checkpointing.restore_ticket(str(finished), index)
+    got = checkpointing.restore_ticket(str(tmp_path), index)
+    for a, b in zip(jax.tree.leaves(want[:2]), jax.tree.leaves(got[:2])):
+      np.testing.assert_array_equal(a, b)
