@@ -166,12 +166,11 @@ class Run:
     self.report_round(r, result.params, result.masks)
 
   def report_round(self, r: int, params, masks) -> None:
+    if not self.main:  # evaluation is local work: one process does it for all
+      return
     counts = masks_lib.count(params, masks)
     forward = restore.make_forward(self.model, params)
-    results = evaluate.evaluate(forward, self.data, seed=self.config.eval.seed,
-                                progress=self.main)
-    if not self.main:
-      return
+    results = evaluate.evaluate(forward, self.data, seed=self.config.eval.seed)
     rows = sparsity.report(params, masks)
     sparsity_dir = os.path.join(self.workdir, "sparsity")
     os.makedirs(sparsity_dir, exist_ok=True)
