@@ -124,15 +124,10 @@ class Run:
     bar = tqdm(total=self.steps_per_round, initial=start, desc=f"round {r}", unit="step",
                disable=not self.main, dynamic_ncols=True)
     global_base = r * self.steps_per_round
-    pending = None
-    for step in range(start, self.steps_per_round):
-      batch = next(iterator)
-      state, metrics = self.step_fn(
-          state, device_masks, train_step.shard_batch(self.mesh, batch["degraded"]),
-          train_step.shard_batch(self.mesh, batch["clean"]))
-      if pending is not None:
-        train_step.check_finite(pending[1], r, pending[0])
-      pending = (step, metrics)
+    batches = ((b["degraded"], b["clean"]) for b in
+               (next(iterator) for _ in range(start, self.steps_per_round)))
+
+    def after_step(step, state, metrics):
       done = step + 1
       if r == 0 and self.config.lottery.rewind == "late" and done == self.config.lottery.late_step:
         checkpointing.save_ticket(self.workdir, 0, _host(state.params),
@@ -148,9 +143,10 @@ class Run:
         self.checkpoints.save(global_base + done, _host(state), stored_masks, iterator,
                               dict(round=r, step_in_round=done))
       bar.update(1)
+
+    state = train_step.run_steps(self.step_fn, self.mesh, state, device_masks, batches,
+                                 round_index=r, callback=after_step)
     bar.close()
-    if pending is not None:
-      train_step.check_finite(pending[1], r, pending[0])
     if hasattr(iterator, "close"):
       iterator.close()
     return _host(state.params)
