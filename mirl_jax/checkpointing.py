@@ -29,7 +29,10 @@ def pack_ticket(params: Any, masks: Any) -> Any:
     if m is None:
       return p
     m = np.asarray(m, bool)
-    return {"values": p[m], "bits": np.packbits(m.reshape(-1)),
+    # Orbax refuses empty arrays: a tensor pruned to nothing keeps one unused
+    # zero (unpacking assigns it to no position).
+    values = p[m] if m.any() else np.zeros(1, p.dtype)
+    return {"values": values, "bits": np.packbits(m.reshape(-1)),
             "shape": np.asarray(p.shape, np.int64)}
   return jax.tree.map(pack, params, masks, is_leaf=lambda x: x is None)
 
@@ -61,7 +64,9 @@ def unpack_ticket(packed: Any):
 
 
 def _manager(workdir: str, folder: str, create: bool) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(create=create, max_to_keep=None)
+  # A writer removes what a killed save left behind (uncommitted tmp dirs).
+  options = ocp.CheckpointManagerOptions(create=create, max_to_keep=None,
+                                         cleanup_tmp_directories=create)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), folder),
                                options=options, item_names=("ticket", "meta"))
 
@@ -82,6 +87,13 @@ def ticket_indices(workdir: str, folder: str = TICKETS) -> list[int]:
     return []
   with _manager(workdir, folder, create=False) as manager:
     return list(manager.all_steps())
+
+
+def ticket_meta(workdir: str, index: int, folder: str = TICKETS) -> dict:
+  """The JSON item of ticket `index` alone, without reading its arrays."""
+  with _manager(workdir, folder, create=False) as manager:
+    return dict(manager.restore(index, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore())).meta)
 
 
 def _check_architecture(params: Any, model, where: str) -> None:
@@ -136,7 +148,8 @@ class TrainCheckpoints:
     self.max_to_keep = max_to_keep
 
   def _manager(self) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(create=True, max_to_keep=self.max_to_keep)
+    options = ocp.CheckpointManagerOptions(create=True, max_to_keep=self.max_to_keep,
+                                           cleanup_tmp_directories=True)
     return ocp.CheckpointManager(self.directory, options=options,
                                  item_names=("ticket", "opt_state", "meta", "data"))
 

@@ -47,6 +47,42 @@ def test_sparse_ticket_of_the_default_network_is_small(reference_ticket):
   assert _equal(checkpointing.unpack_ticket(packed)[0], params)
 
 
+def test_fully_pruned_tensors_save_and_restore(tmp_path):
+  params, masks = _ticket(keep=0.3)
+  masks["patch_embed"]["kernel"][:] = False  # lottery.prune may empty a tensor
+  params = jax.tree.map(np.asarray, masks_lib.apply_masks(params, masks))
+  checkpointing.save_ticket(str(tmp_path), 0, params, masks, {})
+  again, masks_again, _ = checkpointing.restore_ticket(str(tmp_path), 0)
+  assert _equal(params, again) and _equal(masks, masks_again)
+
+
+def _disk_bytes(path) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def test_a_ten_percent_ticket_of_the_default_network_is_under_15_percent(tmp_path):
+  """10% of ALL params non-zero (never-pruned tensors whole), vs dense float32."""
+  shapes = models.param_shapes(models.PromptIR())
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.standard_normal(s.shape, np.float32), shapes)
+  prunable = jax.tree_util.tree_map_with_path(
+      lambda path, p: masks_lib.is_prunable(path), params)
+  total = sum(p.size for p in jax.tree.leaves(params))
+  fixed = sum(p.size for p, k in zip(jax.tree.leaves(params), jax.tree.leaves(prunable))
+              if not k)
+  keep = (0.10 * total - fixed) / (total - fixed)  # ~3.5% of the prunable weights
+  masks = jax.tree.map(lambda p, k: rng.random(p.shape) < keep if k else None,
+                       params, prunable)
+  params = jax.tree.map(np.asarray, masks_lib.apply_masks(params, masks))
+  counts = masks_lib.count(params, masks)
+  assert abs(counts["nonzero"] / counts["params"] - 0.10) < 0.001
+
+  path = checkpointing.save_ticket(str(tmp_path), 0, params, masks, {})
+  assert _disk_bytes(path) <= 0.15 * 4 * total
+  again, masks_again, _ = checkpointing.restore_ticket(str(tmp_path), 0)
+  assert _equal(params, again) and _equal(masks, masks_again)
+
+
 def test_save_restore_and_meta(tmp_path):
   params, masks = _ticket()
   checkpointing.save_ticket(str(tmp_path), 0, params, masks, {"round": 0})
