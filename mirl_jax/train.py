@@ -8,6 +8,7 @@ params and masks as an uninterrupted run; the initial params are never
 stored, they are re-created from config.seed.
 """
 
+import json
 import os
 
 import jax
@@ -56,6 +57,27 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+# What a resumed run may change: how it logs, checkpoints, reads and evaluates,
+# and how many rounds it runs. Anything else would mix two experiments.
+_MAY_CHANGE = ("train.log_every_steps", "train.checkpoint_every_steps", "lottery.rounds",
+               "data.manual_dir", "data.data_dir", "data.worker_count", "data.read_threads",
+               "data.test_sets", "eval.", "restore.", "import_from")
+
+
+def _flat(tree, prefix=""):
+  if isinstance(tree, dict):
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: tree}
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+  """'key: saved -> current' for each key that differs and may not change on resume."""
+  old, new = _flat(saved), _flat(current)
+  return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}"
+          for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and not k.startswith(_MAY_CHANGE)]
+
+
 def _host(tree):
   """Numpy copies of (replicated) arrays: safe from donation and multi-host."""
   return jax.tree.map(
@@ -73,6 +95,10 @@ class Run:
     self.mesh = train_step.make_mesh()
     self.main = jax.process_index() == 0
     self.key = jax.random.key(config.seed)
+    self.run_config = json.loads(config.to_json())
+    # With the config, a checkpoint says how to re-create its run and its theta_0.
+    self.meta = dict(config=self.run_config,
+                     init_key=np.asarray(jax.random.key_data(self.key)).tolist())
     self.steps_per_epoch = pipeline.steps_per_epoch(self.data)
     self.steps_per_round = config.train.epochs * self.steps_per_epoch
     self.checkpoints = checkpointing.TrainCheckpoints(workdir)
@@ -141,7 +167,7 @@ class Run:
       if done % self.config.train.checkpoint_every_steps == 0 and done < self.steps_per_round:
         train_step.check_finite(metrics, r, step)  # never checkpoint a NaN
         self.checkpoints.save(global_base + done, _host(state), stored_masks, iterator,
-                              dict(round=r, step_in_round=done))
+                              dict(self.meta, round=r, step_in_round=done))
       bar.update(1)
 
     state = train_step.run_steps(self.step_fn, self.mesh, state, device_masks, batches,
@@ -158,7 +184,7 @@ class Run:
     r = result.round_index
     counts = masks_lib.count(result.params, result.masks)
     checkpointing.save_ticket(self.workdir, r, result.params, result.masks,
-                              dict(round=r, **counts))
+                              dict(self.meta, round=r, **counts))
     self.report_round(r, result.params, result.masks)
 
   def report_round(self, r: int, params, masks) -> None:
@@ -188,8 +214,22 @@ class Run:
 
   # -- the run ----------------------------------------------------------------
 
+  def check_config(self, done: list[int]) -> None:
+    """Refuses to continue a run with a config that changes the experiment."""
+    saved = self.checkpoints.latest_meta()
+    if saved is None and done:
+      saved = checkpointing.ticket_meta(self.workdir, max(done))
+    if saved is None or "config" not in saved:  # fresh, or imported tickets
+      return
+    changes = config_changes(saved["config"], self.run_config)
+    if changes:
+      raise ValueError(
+          f"{self.workdir} holds a run made with another config; changed:\n  " +
+          "\n  ".join(changes) + "\nResume with the saved values, or use a new --workdir.")
+
   def train(self) -> rounds.RoundResult | None:
     done = checkpointing.ticket_indices(self.workdir)
+    self.check_config(done)
     reported = {e["round"] for e in reports.read_summary(self.workdir)}
     for r in done:  # a run stopped between its ticket and its reports
       if r not in reported:
