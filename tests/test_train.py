@@ -7,21 +7,9 @@ import numpy as np
 import pytest
 from absl import flags
 
-from configs import demo
 from mirl_jax import checkpointing
 from mirl_jax import train
-
-
-def _config():
-  config = demo.get_config()
-  config.model.update(dict(dim=4, num_blocks=(1, 1, 1, 1), heads=(1, 1, 1, 1),
-                           prompt_dims=(4, 4, 4), prompt_sizes=(4, 4, 4)))
-  config.data.update(dict(patch_size=16, batch_size=4,
-                          repeats=dict(denoise=1, derain=1, dehaze=1)))
-  config.train.update(dict(epochs=2, warmup_epochs=1, checkpoint_every_steps=3,
-                           log_every_steps=2))
-  config.lottery.rounds = 1
-  return config
+from tiny_config import get_config as _config
 
 
 @pytest.fixture(scope="module")
