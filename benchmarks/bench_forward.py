@@ -25,12 +25,13 @@ def _rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def measure(size: int, repeats: int) -> dict:
+def measure(size: int, repeats: int, model=None) -> dict:
+  """`model` defaults to the default PromptIR (the reference's network)."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from mirl_jax import models  # pylint: disable=import-outside-toplevel
 
-  model = models.PromptIR()
+  model = models.PromptIR() if model is None else model
   params = jax.device_put(models.init_params(model, jax.random.key(0)))
   x = jax.device_put(np.random.default_rng(0).random((1, size, size, 3), np.float32))
   forward = jax.jit(lambda p, x: model.apply({"params": p}, x))

@@ -54,21 +54,22 @@ def write_full_size_tree(root: Path, count: int = 20) -> None:
                                                  quality=92)
 
 
-def _config(data_dir, train_sets, workers):
+def data_config(data_dir, train_sets, workers, batch_size=None):
+  """The data config of one case; `batch_size` defaults to --batch_size."""
   return ml_collections.ConfigDict(dict(
       data_dir=str(data_dir), train_sets=list(train_sets), test_sets=[],
-      batch_size=_BATCH.value, patch_size=64, sigmas=[15, 25, 50],
+      batch_size=batch_size or _BATCH.value, patch_size=64, sigmas=[15, 25, 50],
       repeats={'denoise': 3, 'derain': 120, 'dehaze': 1}, worker_count=workers, read_threads=2))
 
 
-def measure(config, window_batches: int) -> float:
-  """Median patches/s over the timed windows of one iterator."""
+def measure(config, window_batches: int, windows: int | None = None) -> float:
+  """Median patches/s over `windows` (default --windows) timed windows of one iterator."""
   iterator = pipeline.train_data(config, seed=0, shard_index=0, shard_count=1).iterator()
   try:
     for _ in range(max(4, window_batches // 2)):  # Warm-up: worker start, first reads.
       next(iterator)
     rates = []
-    for _ in range(_WINDOWS.value):
+    for _ in range(windows or _WINDOWS.value):
       start = time.perf_counter()
       for _ in range(window_batches):
         next(iterator)
@@ -96,7 +97,7 @@ def main(argv):
     print(f'{"data":<22}{"workers":>8}{"patches/s":>12}')
     for name, data_dir, sets, window in cases:
       for workers in (0, 1, 2):
-        rate = measure(_config(data_dir, sets, workers), window)
+        rate = measure(data_config(data_dir, sets, workers), window)
         print(f'{name:<22}{workers:>8}{rate:>12.0f}', flush=True)
 
 

@@ -25,18 +25,27 @@ import time
 
 import numpy as np
 
+#: PyTorch on this machine: seconds per step, peak RSS in GiB.
+REFERENCE = (18.4, 7.8)
+#: The children's XLA_FLAGS unless --xla_flags says otherwise (see above).
+XLA_FLAGS = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
 
 def _peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def run_step(masked: bool, steps: int, batch: int, size: int, microbatches: int) -> dict:
-  """One configuration, in this process: compile, then `steps` timed steps."""
+def run_step(masked: bool, steps: int, batch: int, size: int, microbatches: int,
+             model=None) -> dict:
+  """One configuration, in this process: compile, then `steps` timed steps.
+
+  `model` defaults to the default PromptIR (the reference's network).
+  """
   import jax  # pylint: disable=import-outside-toplevel
   from mirl_jax import lottery, masks as masks_lib, models, train_step as ts  # pylint: disable=import-outside-toplevel
   from mirl_jax.models import PromptIR  # pylint: disable=import-outside-toplevel
 
-  model, rng = PromptIR(), np.random.default_rng(0)
+  model, rng = PromptIR() if model is None else model, np.random.default_rng(0)
   params = models.init_params(model, jax.random.key(0))
   masks = lottery.prune(params, masks_lib.dense_masks(params), 20) if masked else None
   mesh = ts.make_mesh(jax.devices()[:1])
@@ -60,12 +69,12 @@ def run_step(masked: bool, steps: int, batch: int, size: int, microbatches: int)
           "loss": float(metrics["loss"])}
 
 
-def run_prune(repeats: int) -> dict:
+def run_prune(repeats: int, model=None) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from mirl_jax import lottery, masks as masks_lib, models  # pylint: disable=import-outside-toplevel
   from mirl_jax.models import PromptIR  # pylint: disable=import-outside-toplevel
 
-  params = models.init_params(PromptIR(), jax.random.key(0))
+  params = models.init_params(PromptIR() if model is None else model, jax.random.key(0))
   masks = masks_lib.dense_masks(params)
   times = []
   for _ in range(repeats):
@@ -96,7 +105,7 @@ def main():
   parser.add_argument("--size", type=int, default=64)
   parser.add_argument("--microbatches", type=int, default=1,
                       help="split the batch to bound activation memory")
-  parser.add_argument("--xla_flags", default="--xla_cpu_enable_concurrency_optimized_scheduler=false")
+  parser.add_argument("--xla_flags", default=XLA_FLAGS)
   parser.add_argument("--only", choices=("masked", "dense", "prune"), action="append",
                       help="run only these configurations (repeatable)")
   parser.add_argument("--child", choices=("masked", "dense", "prune"))
@@ -114,13 +123,14 @@ def main():
   print(f"PromptIR (default) training step, batch {shape} in {args.microbatches} "
         f"microbatch(es), CPU, median of {args.steps}, "
         f"XLA_FLAGS={args.xla_flags!r}:")
+  ref_s, ref_gib = REFERENCE
   for name, key in (("masked (rounds >= 1)", "masked"), ("unmasked (round 0)", "dense")):
     r = res.get(key)
     if r:
       print(f"  {name:22} step {r['step_s']:6.2f} s   compile {r['compile_s']:6.1f} s   "
             f"peak RSS {r['peak_rss_gib']:5.2f} GiB (XLA temp {r['temp_gib']:.2f} GiB)   "
-            f"vs PyTorch 18.4 s / 7.8 GiB: {r['step_s'] / 18.4:.2f}x time, "
-            f"{r['peak_rss_gib'] / 7.8:.2f}x memory")
+            f"vs PyTorch {ref_s} s / {ref_gib} GiB: {r['step_s'] / ref_s:.2f}x time, "
+            f"{r['peak_rss_gib'] / ref_gib:.2f}x memory")
   if res.get("masked") and res.get("dense"):
     share = (res["masked"]["step_s"] - res["dense"]["step_s"]) / res["masked"]["step_s"]
     print(f"  masking share of the step: {100 * share:.1f}% (masked - unmasked)")
