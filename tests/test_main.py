@@ -57,3 +57,15 @@ def test_user_errors_are_clear(tmp_path):
   done = _main(tmp_path / "w", "--mode=import", f"--config.import_from={tmp_path / 'no.ckpt'}")
   assert done.returncode != 0 and "Checkpoint file not found" in done.stderr
   assert not (tmp_path / "w" / "tickets").exists()
+
+
+def test_missing_datasets_are_named_with_the_fix(tmp_path):
+  done = _main(tmp_path / "run", f"--config.data.data_dir={tmp_path / 'tfds'}")
+  assert done.returncode != 0 and "Traceback" not in done.stderr
+  assert "data set train/denoise/WED is not prepared in" in done.stderr
+  assert "--mode prepare" in done.stderr
+  assert not (tmp_path / "run").exists()  # nothing written before the data is there
+  done = _main(tmp_path / "run", "--mode=prepare", f"--config.data.manual_dir={tmp_path / 'raw'}",
+               f"--config.data.data_dir={tmp_path / 'tfds'}")
+  assert done.returncode != 0 and "Traceback" not in done.stderr
+  assert str(tmp_path / "raw") in done.stderr and "test/dehaze/SOTS" in done.stderr
