@@ -8,7 +8,7 @@ back exactly the same params. Tickets live in ``WORKDIR/tickets/<index>``
 """
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
@@ -61,6 +61,48 @@ def unpack_ticket(packed: Any):
   masks = jax.tree.map(lambda n: _mask_of(n) if _is_packed(n) else None, packed,
                        is_leaf=_is_packed)
   return params, masks
+
+
+def _param_shaped(params: Any) -> Callable[[Any], bool]:
+  treedef = jax.tree.structure(params)
+  return lambda node: jax.tree.structure(node) == treedef
+
+
+def pack_opt_state(opt_state: Any, params: Any, masks: Any) -> dict:
+  """The optimizer state with its param-shaped parts (Adam's moments) packed.
+
+  A pruned weight's grads are masked, so its moments stay exactly 0 and pack
+  like the params; a part that is not 0 there is stored whole instead.
+  Keys are positions in the flattened state (tuple of optax states).
+  """
+  like = _param_shaped(params)
+  nodes = jax.tree.leaves(opt_state, is_leaf=like)
+  pruned = jax.tree.map(lambda m: None if m is None else ~np.asarray(m, bool), masks,
+                        is_leaf=lambda x: x is None)
+
+  def zero_where_pruned(node):
+    return all(x is None or not np.any(np.asarray(v)[x]) for v, x in zip(
+        jax.tree.leaves(node), jax.tree.leaves(pruned, is_leaf=lambda x: x is None)))
+
+  def part(node):
+    if not like(node):
+      return np.asarray(node)
+    return pack_ticket(node, masks) if zero_where_pruned(node) else jax.tree.map(np.asarray, node)
+
+  return {str(i): part(n) for i, n in enumerate(nodes)}
+
+
+def unpack_opt_state(stored: dict, target: Any, params: Any) -> Any:
+  """`stored` (see pack_opt_state) back into the structure of `target`."""
+  like = _param_shaped(params)
+  nodes, treedef = jax.tree.flatten(target, is_leaf=like)
+  if len(stored) != len(nodes):
+    raise ValueError(f"the checkpoint's optimizer state has {len(stored)} parts, "
+                     f"the configured optimizer {len(nodes)}: was the config changed?")
+  parts = [stored[str(i)] for i in range(len(nodes))]
+  return jax.tree.unflatten(treedef, [
+      jax.tree.unflatten(jax.tree.structure(n), jax.tree.leaves(unpack_ticket(p)[0]))
+      if like(n) else np.asarray(p) for n, p in zip(nodes, parts)])
 
 
 def _manager(workdir: str, folder: str, create: bool) -> ocp.CheckpointManager:
@@ -158,7 +200,8 @@ class TrainCheckpoints:
     with self._manager() as manager:
       manager.save(step, args=ocp.args.Composite(
           ticket=ocp.args.StandardSave(pack_ticket(state.params, masks)),
-          opt_state=ocp.args.StandardSave(state.opt_state),
+          opt_state=ocp.args.StandardSave(
+              pack_opt_state(state.opt_state, state.params, masks)),
           meta=ocp.args.JsonSave(dict(meta, step=step, opt_step=int(state.step))),
           data=grain.checkpoint.CheckpointSave(iterator)))
       manager.wait_until_finished()
@@ -175,12 +218,12 @@ class TrainCheckpoints:
 
   def restore(self, step: int, state, iterator):
     """(state with params, optimizer and step restored; masks); sets `iterator`."""
-    target = jax.tree.map(np.asarray, state.opt_state)
     with self._manager() as manager:
       restored = manager.restore(step, args=ocp.args.Composite(
-          ticket=ocp.args.StandardRestore(), opt_state=ocp.args.StandardRestore(target),
+          ticket=ocp.args.StandardRestore(), opt_state=ocp.args.StandardRestore(),
           meta=ocp.args.JsonRestore(), data=grain.checkpoint.CheckpointRestore(iterator)))
     params, masks = unpack_ticket(restored.ticket)
-    state = state.replace(params=params, opt_state=restored.opt_state,
+    opt_state = unpack_opt_state(restored.opt_state, state.opt_state, state.params)
+    state = state.replace(params=params, opt_state=opt_state,
                           step=np.asarray(restored.meta["opt_step"]))
     return state, masks

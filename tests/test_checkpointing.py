@@ -108,3 +108,32 @@ def test_restore_errors(tmp_path):
   with pytest.raises(ValueError, match=r"(?s)another architecture.*decoder_level1_0/attn/qkv/kernel: shape .*and 106 more"):
     checkpointing.restore_ticket(str(tmp_path), model=other)
   assert os.listdir(tmp_path / "tickets") == ["0"]  # nothing was touched
+
+
+def test_train_checkpoints_store_adam_moments_sparse_and_restore_exactly(tmp_path):
+  import grain  # pylint: disable=import-outside-toplevel
+  from mirl_jax import train_step  # pylint: disable=import-outside-toplevel
+  params, masks = _ticket(keep=0.1)
+  state = train_step.create_train_state(TINY, params, train_step.make_optimizer(1e-3))
+  rng = np.random.default_rng(1)
+  adam, *rest = state.opt_state
+  moment = lambda: jax.tree.map(  # as training leaves them: 0 where pruned
+      lambda p, m: np.float32(rng.random(p.shape)) * (1 if m is None else m), params, masks,
+      is_leaf=lambda x: x is None)
+  nu = moment()
+  nu["patch_embed"]["kernel"][0, 0, 0, 0] = 0.5  # not 0 where pruned: this part stays whole
+  state = state.replace(opt_state=(adam._replace(count=np.int32(7), mu=moment(), nu=nu),
+                                   *rest), step=np.int32(7))
+  iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
+  next(iterator)
+  checkpoints = checkpointing.TrainCheckpoints(str(tmp_path))
+  checkpoints.save(3, state, masks, iterator, {"round": 1})
+
+  fresh = train_step.create_train_state(TINY, params, train_step.make_optimizer(1e-3))
+  iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
+  restored, restored_masks = checkpoints.restore(3, fresh, iterator)
+  assert _equal(restored.opt_state, state.opt_state) and _equal(restored_masks, masks)
+  assert jax.tree.structure(restored.opt_state) == jax.tree.structure(state.opt_state)
+  assert int(restored.step) == 7 and next(iterator) == 1
+  moments = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state.opt_state[0].mu))
+  assert _disk_bytes(tmp_path / "checkpoints" / "3" / "opt_state") < 0.5 * 2 * moments
