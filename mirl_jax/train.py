@@ -105,6 +105,7 @@ class Run:
     self.tb = reports.TensorBoard(workdir, self.main)
     self.step_fn = train_step.make_train_step(self.mesh)
     self._late = None
+    self._lr_tx = None
 
   # -- rewinding -------------------------------------------------------------
 
@@ -123,10 +124,14 @@ class Run:
   # -- one round -------------------------------------------------------------
 
   def _optimizer(self):
-    cfg = self.config.train
-    lr = schedule.optax_schedule(cfg.learning_rate, cfg.warmup_epochs, cfg.epochs,
-                                 self.steps_per_epoch, per_epoch=cfg.lr_per_epoch)
-    return lr, train_step.make_optimizer(lr, weight_decay=cfg.weight_decay)
+    """Every round's schedule and AdamW: built once, since the optimizer is static
+    in the train state and a new one would re-trace and re-compile the step."""
+    if self._lr_tx is None:
+      cfg = self.config.train
+      lr = schedule.optax_schedule(cfg.learning_rate, cfg.warmup_epochs, cfg.epochs,
+                                   self.steps_per_epoch, per_epoch=cfg.lr_per_epoch)
+      self._lr_tx = lr, train_step.make_optimizer(lr, weight_decay=cfg.weight_decay)
+    return self._lr_tx
 
   def train_round(self, r: int, params, masks):
     """Trains round r from `params` or from its mid-round checkpoint."""
