@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -125,25 +124,13 @@ def format_table(results: list[dict]) -> str:
   return '\n'.join([line(header), rule] + [line(row) for row in rows])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-  handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  try:
-    with os.fdopen(handle, 'w') as file:
-      file.write(text)
-    os.chmod(temp_name, 0o644)  # mkstemp makes it private; reports are not.
-    os.replace(temp_name, path)
-  except BaseException:
-    Path(temp_name).unlink(missing_ok=True)
-    raise
-
-
 def write_reports(results: list[dict], directory: str | os.PathLike,
                   stem: str = 'eval') -> tuple[Path, Path]:
   """Writes <stem>.md (the table) and <stem>.json ({'results': [...], 'average': {...}})."""
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   md_path, json_path = directory / f'{stem}.md', directory / f'{stem}.json'
-  _write_atomic(md_path, f'# Evaluation: {stem}\n\n{format_table(results)}\n')
+  images.write_atomic(md_path, f'# Evaluation: {stem}\n\n{format_table(results)}\n'.encode())
   report = {'results': list(results), 'average': average(results) if results else None}
-  _write_atomic(json_path, json.dumps(report, indent=2) + '\n')
+  images.write_atomic(json_path, (json.dumps(report, indent=2) + '\n').encode())
   return md_path, json_path

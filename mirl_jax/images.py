@@ -137,10 +137,12 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
-  """Writes a PNG atomically: a temporary file in the same folder, then os.replace."""
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+  """Writes a file atomically: a temporary file in the same folder, then os.replace.
+
+  A run killed mid-write leaves the old file (or none), never half of one.
+  """
   path = Path(path)
-  data = encode_png(array, compress_level=6)
   path.parent.mkdir(parents=True, exist_ok=True)
   # The temporary name does not end in an image extension, so listings never pick it up.
   handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
@@ -152,6 +154,10 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
   except BaseException:
     Path(temp_name).unlink(missing_ok=True)
     raise
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+  write_atomic(path, encode_png(array, compress_level=6))
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

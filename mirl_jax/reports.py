@@ -10,13 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mirl_jax import images
+
 SUMMARY = "summary.json"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
 
 
 class TensorBoard:
@@ -47,7 +43,7 @@ def update_summary(workdir: str, entry: dict) -> list[dict]:
   """Adds or replaces the entry of entry['round']; returns all entries by round."""
   entries = [e for e in read_summary(workdir) if e["round"] != entry["round"]]
   entries = sorted(entries + [entry], key=lambda e: e["round"])
-  _atomic_write(Path(workdir) / SUMMARY, json.dumps(entries, indent=2).encode())
+  images.write_atomic(Path(workdir) / SUMMARY, json.dumps(entries, indent=2).encode())
   return entries
 
 
