@@ -9,16 +9,11 @@ one run with --distributed (or --coordinator_address, --num_processes,
 
 import os
 
-# XLA's concurrency-optimised CPU scheduler keeps many activations alive at once:
-# off, a training step of the default network needs a quarter less memory. It is
-# read once, when JAX starts, so it is set before JAX is imported.
-os.environ["XLA_FLAGS"] = " ".join(filter(None, [
-    os.environ.get("XLA_FLAGS"), "--xla_cpu_enable_concurrency_optimized_scheduler=false"]))
+from mirl_jax import runtime  # first: it sets XLA's flags before JAX starts
 
-import jax  # pylint: disable=wrong-import-position
+import jax  # pylint: disable=wrong-import-position,g-bad-import-order
 from absl import app  # pylint: disable=wrong-import-position
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from mirl_jax import checkpointing
@@ -110,23 +105,13 @@ MODES = {"train": run_train, "evaluate": run_evaluate, "restore": run_restore,
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO
-    logging.set_verbosity(logging.WARNING)
-  # Compiling the network takes a minute on a CPU: keep it for restarts.
-  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(os.path.expanduser("~"), ".cache", "mirl_jax", "xla"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+  runtime.setup(FLAGS["verbosity"].present)
   if FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
   elif FLAGS.distributed:
     jax.distributed.initialize()
-  try:
-    MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    # Bad input or a diverged run: a clear message, no traceback.
-    raise SystemExit(f"error: {e}") from e
+  runtime.run_cleanly(MODES[FLAGS.mode], FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
