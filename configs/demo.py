@@ -15,7 +15,7 @@ def get_config():
                           train_sets=(), test_sets=(),  # "": the demo's sets
                           patch_size=32,  # a quarter of the compute of 64
                           repeats=dict(denoise=4, derain=12, dehaze=12), worker_count=0))
-  config.train.update(dict(epochs=8, warmup_epochs=1, learning_rate=2e-3,
+  config.train.update(dict(epochs=8, warmup_epochs=1, learning_rate=4e-3,
                            log_every_steps=10, checkpoint_every_steps=100))
   config.lottery.rounds = 3
   return config
