@@ -25,6 +25,10 @@ def _check(base_lr: float, warmup_epochs: int, epochs: int) -> None:
 def epoch_rates(base_lr: float, warmup_epochs: int, epochs: int) -> np.ndarray:
   """float64 (epochs,): the rate in force during each epoch 0..epochs-1."""
   _check(base_lr, warmup_epochs, epochs)
+  if warmup_epochs < 1:  # epoch 0 is 0 and each later epoch a multiple of the last
+    raise ValueError(f"warmup_epochs={warmup_epochs}: the reference's per-epoch schedule "
+                     "stays at lr 0 for good without warmup; expected >= 1 (or "
+                     "train.lr_per_epoch=False)")
   w, e = warmup_epochs, epochs
   rates, lr = [], 0.0
   for t in range(e):

@@ -42,3 +42,7 @@ def test_rejects_epochs_out_of_range():
     schedule.learning_rate(120, 2e-4, 15, 120)
   with pytest.raises(ValueError, match="warmup_epochs=20, epochs=10"):
     schedule.epoch_rates(2e-4, 20, 10)
+  with pytest.raises(ValueError, match="warmup_epochs=0: .* stays at lr 0"):
+    schedule.optax_schedule(2e-4, 0, 10, 5)  # would never train
+  smooth = schedule.optax_schedule(2e-4, 0, 10, 5, per_epoch=False)
+  assert float(smooth(0)) == pytest.approx(2e-4)

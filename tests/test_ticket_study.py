@@ -20,7 +20,8 @@ TASKS = {"denoise_15/DemoClean", "denoise_25/DemoClean", "denoise_50/DemoClean",
 
 def _config():
   config = tiny_config()
-  config.train.update(dict(epochs=1, warmup_epochs=0, checkpoint_every_steps=1000))
+  config.train.update(dict(epochs=1, warmup_epochs=0, lr_per_epoch=False,  # trains at once
+                           checkpoint_every_steps=1000))
   config.lottery.rounds = 2
   config.study = ml_collections.ConfigDict(dict(every=1))
   return config
