@@ -83,6 +83,18 @@ def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
   return jax.image.resize(x, shape, "bilinear", antialias=False)
 
 
+def l2_normalize(x: jax.Array, axis: int, eps: float = 1e-12) -> jax.Array:
+  """PyTorch's F.normalize, x / max(||x||, eps), with its gradient where x = 0.
+
+  Pruning can empty a channel, making x = 0 there; the gradient of
+  jnp.linalg.norm at 0 is NaN (0/0) and would poison every gradient.
+  sqrt(max(|x|^2, eps^2)) has the same value and, like the reference,
+  a zero gradient through the clamp.
+  """
+  squared = jnp.sum(x * x, axis=axis, keepdims=True)
+  return x / jnp.sqrt(jnp.maximum(squared, eps * eps))
+
+
 class Attention(nn.Module):
   """MDTA: attention across channels, so its cost is linear in pixels."""
   dim: int
@@ -98,8 +110,7 @@ class Attention(nn.Module):
     # spares XLA two transposes of the largest tensors.
     q, k, v = (t.reshape(b, h * w, self.heads, c // self.heads)
                for t in jnp.split(qkv, 3, axis=-1))
-    q = q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    k = k / jnp.maximum(jnp.linalg.norm(k, axis=1, keepdims=True), 1e-12)
+    q, k = l2_normalize(q, axis=1), l2_normalize(k, axis=1)
     attn = jnp.einsum("bnhc,bnhd->bhcd", q, k) * temperature[:, None, None]
     attn = jax.nn.softmax(attn, axis=-1)
     out = jnp.einsum("bhcd,bnhd->bnhc", attn, v).reshape(b, h, w, c)

@@ -133,3 +133,30 @@ def test_tiny_variant_runs_and_rejects_bad_shapes():
   assert jax.jit(model.apply)({"params": params}, x).shape == x.shape
   with pytest.raises(ValueError, match="multiples of 8"):
     model.apply({"params": params}, jnp.zeros((1, 30, 24, 3)))
+
+
+def test_l2_normalize_has_pytorchs_value_and_gradient_at_zero():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+  x[:, :, 1] = 0  # an emptied channel
+  x[0, :, 2] *= 1e-14  # below eps
+  weights = rng.standard_normal(x.shape).astype(np.float32)
+  value, grad = jax.value_and_grad(
+      lambda x: jnp.sum(models.l2_normalize(x, axis=1) * weights))(jnp.asarray(x))
+  tx = torch.tensor(x, requires_grad=True)
+  t_value = (torch.nn.functional.normalize(tx, dim=1, eps=1e-12) * torch.tensor(weights)).sum()
+  t_value.backward()
+  np.testing.assert_allclose(value, t_value.item(), rtol=1e-6)
+  np.testing.assert_allclose(grad, tx.grad.numpy(), rtol=1e-5, atol=1e-6 * np.abs(grad).max())
+
+
+def test_a_channel_pruned_to_nothing_keeps_gradients_finite():
+  model = models.PromptIR(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
+                          heads=(1, 1, 1, 1), prompt_dims=(8, 8, 8), prompt_sizes=(4, 4, 4),
+                          noise_level_heads=1)
+  params = models.init_params(model, jax.random.key(0))
+  params["encoder_level1_0"]["attn"]["qkv"]["kernel"][..., 0] = 0  # query channel 0 emptied
+  x = jnp.asarray(np.random.default_rng(0).random((1, 16, 16, 3), np.float32))
+  grads = jax.jit(jax.grad(lambda p: jnp.mean(jnp.abs(model.apply({"params": p}, x) - x))))(params)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
