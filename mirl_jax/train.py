@@ -152,7 +152,7 @@ class Run:
       logging.warning("Resuming round %d at step %d of %d", r, start, self.steps_per_round)
     state = train_step.replicate(self.mesh, state)
     # Round 0 runs the masked step too, with all-True masks: the same arithmetic
-    # (x * 1 == x), and one compiled step for the whole run instead of two.
+    # (where(True, x, 0) is x), and one compiled step for the whole run, not two.
     device_masks = train_step.replicate(self.mesh, stored_masks)
     bar = tqdm(total=self.steps_per_round, initial=start, desc=f"round {r}", unit="step",
                disable=not self.main, dynamic_ncols=True)
