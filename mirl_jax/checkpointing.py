@@ -139,21 +139,31 @@ def ticket_meta(workdir: str, index: int, folder: str = TICKETS) -> dict:
         meta=ocp.args.JsonRestore())).meta)
 
 
+def describe_mismatch(missing: list[str], unexpected: list[str], wrong: list[str],
+                      shown: int = 3) -> str:
+  """Counts and the first few names of each kind: one line, however many tensors differ."""
+  def part(items, one, many):
+    names = ", ".join(items[:shown]) + (", ..." if len(items) > shown else "")
+    return f"{len(items)} {one if len(items) == 1 else many} ({names})"
+  return "; ".join(part(items, one, many) for items, one, many in (
+      (missing, "missing tensor", "missing tensors"),
+      (unexpected, "unexpected tensor", "unexpected tensors"),
+      (wrong, "shape mismatch", "shape mismatches")) if items)
+
+
 def _check_architecture(params: Any, model, where: str) -> None:
   expected = models.param_shapes(model)
   got = {masks_lib.path_name(p): np.shape(v)
          for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   want = {masks_lib.path_name(p): tuple(v.shape)
           for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
-  problems = [f"  missing: {k}" for k in sorted(set(want) - set(got))]
-  problems += [f"  unexpected: {k}" for k in sorted(set(got) - set(want))]
-  problems += [f"  {k}: shape {got[k]}, the model expects {want[k]}"
-               for k in sorted(set(got) & set(want)) if got[k] != want[k]]
-  if problems:
+  wrong = [f"{k}: shape {got[k]}, the model expects {want[k]}"
+           for k in want if k in got and got[k] != want[k]]
+  if wrong or set(got) != set(want):
     raise ValueError(
-        f"The checkpoint {where} was made for another architecture than the "
-        "configured model (config.model):\n" + "\n".join(problems[:20]) +
-        (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
+        f"The checkpoint {where} was made for another architecture than config.model: "
+        + describe_mismatch([k for k in want if k not in got], [k for k in got if k not in want],
+                            wrong) + "; is --config the one the run was made with?")
 
 
 def restore_ticket(workdir: str, index: int | None = None, model=None,

@@ -6,7 +6,10 @@ rule, so converting is a lookup plus a layout change (OIHW -> HWIO, (out, in)
 forward never uses; real checkpoints carry them, and they are dropped here.
 """
 
+import argparse
+import functools
 import os
+import pickle
 import re
 from typing import Any, Mapping
 
@@ -81,34 +84,48 @@ def _strip(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in state_dict.items() if k.split(".")[0] not in UNUSED}
 
 
+def _torch_shape(leaf: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  return _to_torch(leaf, np.broadcast_to(np.float32(0), flax_shape)).shape
+
+
+@functools.lru_cache(maxsize=4)
+def _flat_shapes(model: models.PromptIR):
+  """Tracing the network takes a second: once per config is enough."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(models.param_shapes(model))
+  return tuple(flat), treedef
+
+
 def params_from_torch(state_dict: Mapping[str, Any], model: models.PromptIR | None = None):
   """Returns (params, masks) for `model` (default: MIR-L's PromptIR).
 
   Masks mark the non-zero entries of prunable tensors: the surviving weights
-  of a pruned ticket. Missing or unexpected keys and shape mismatches raise
-  one ValueError that lists all of them.
+  of a pruned ticket. A state_dict of another architecture raises one
+  ValueError of one line: the counts of missing, unexpected and mismatched
+  tensors with the first few of each, since a full list runs to hundreds of
+  lines when the config differs from the checkpoint's.
   """
   state_dict = _strip(state_dict)
-  shapes = models.param_shapes(model or models.PromptIR())
-  flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  flat, treedef = _flat_shapes(model or models.PromptIR())
   names = [torch_name(tuple(masks_lib.path_name(p).split("/"))) for p, _ in flat]
   missing = [n for n in names if n not in state_dict]
-  unexpected = sorted(set(state_dict) - set(names))
+  known = set(names)
+  unexpected = [n for n in state_dict if n not in known]  # in the network's order
+  order = {n: i for i, n in enumerate(state_dict)}
   leaves, wrong = [], []
   for (path, shape), name in zip(flat, names):
-    if name in missing:
+    if name not in state_dict:
       continue
-    array = _to_flax(masks_lib.path_name(path).rsplit("/", 1)[-1], _as_numpy(state_dict[name]))
+    leaf = masks_lib.path_name(path).rsplit("/", 1)[-1]
+    array = _to_flax(leaf, _as_numpy(state_dict[name]))
     if array.shape != shape.shape:
-      wrong.append(f"{name}: got {tuple(np.shape(state_dict[name]))}, expected the "
-                   f"PyTorch shape of Flax {shape.shape}")
+      wrong.append((order[name], f"{name}: got {tuple(np.shape(state_dict[name]))}, "
+                                 f"expected {_torch_shape(leaf, shape.shape)}"))
     leaves.append(array)
+  wrong = [w for _, w in sorted(wrong)]
   if missing or unexpected or wrong:
-    lines = ["The state_dict does not match PromptIR:"]
-    lines += [f"  missing key: {n}" for n in missing]
-    lines += [f"  unexpected key: {n}" for n in unexpected]
-    lines += [f"  shape mismatch: {w}" for w in wrong]
-    raise ValueError("\n".join(lines))
+    raise ValueError("The state_dict does not match PromptIR: "
+                     + checkpointing.describe_mismatch(missing, unexpected, wrong)
+                     + "; is --config the one the checkpoint was made with?")
   params = jax.tree_util.tree_unflatten(treedef, leaves)
   return params, masks_lib.masks_from_params(params)
 
@@ -122,32 +139,85 @@ def params_to_torch(params: Any) -> dict[str, np.ndarray]:
   return out
 
 
+#: Classes a checkpoint may hold besides tensors and plain containers: inert
+#: records with no code of their own. Lightning stores the argparse options a
+#: LightningModule saved with `save_hyperparameters()` as a Namespace.
+SAFE_CLASSES = (argparse.Namespace,)
+_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+)")
+
+
+def _unreadable(path: str, what: str) -> ValueError:
+  """One line in place of the reader's own error, which may span pages."""
+  size = os.path.getsize(path)
+  return ValueError(f"{path} is not a readable {what}: its {size:,} bytes are truncated, "
+                    "damaged or another kind of file")
+
+
+def _torch_load(path: str):
+  """torch.load that unpickles tensors, plain containers and SAFE_CLASSES only.
+
+  Never arbitrary classes: unpickling one can run any code, and mirl_jax only
+  needs the weights. A refusal names the class instead of repeating torch's
+  advice to turn the check off.
+  """
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ValueError(f"Reading {path} needs PyTorch: pip install 'mirl_jax[torch]' "
+                     "(or pip install torch).") from None
+  serialization = torch.serialization
+  try:
+    if hasattr(serialization, "safe_globals"):  # torch >= 2.5
+      with serialization.safe_globals(list(SAFE_CLASSES)):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    if hasattr(serialization, "add_safe_globals"):  # torch 2.4
+      serialization.add_safe_globals(list(SAFE_CLASSES))
+    return torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    found = _GLOBAL.search(str(e))
+  except Exception:  # torch raises many kinds for a bad file
+    found = None
+  if found is None:
+    raise _unreadable(path, "PyTorch checkpoint (a zip archive written by torch.save)")
+  name = found.group(1)
+  if name in {f"{c.__module__}.{c.__qualname__}" for c in SAFE_CLASSES}:
+    raise ValueError(f"{path} holds {name}, which PyTorch {torch.__version__} cannot allow "
+                     "when reading weights only: install torch>=2.4")
+  raise ValueError(
+      f"{path} holds a pickled {name}, which mirl_jax refuses to unpickle: it reads "
+      "weights only (tensors, numbers, strings, plain containers, argparse.Namespace); "
+      "save the state_dict alone, e.g. torch.save(net.state_dict(), 'weights.pth')")
+
+
+def _npz_load(path: str) -> dict[str, np.ndarray]:
+  """The arrays of an `.npz` file; keys may carry a `state_dict/` prefix."""
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      prefixed = [k for k in data.files if k.startswith("state_dict/")]
+      if prefixed:
+        return {k[len("state_dict/"):]: data[k] for k in prefixed}
+      return {k: data[k] for k in data.files}
+  except Exception:  # numpy, zipfile and zlib raise many kinds
+    pass
+  raise _unreadable(path, ".npz archive (arrays written by numpy.savez)")
+
+
 def load_state_dict(path: str) -> dict[str, Any]:
   """Reads `.ckpt` / `.pth` / `.pt` (needs torch) or `.npz` state-dict files.
 
-  In `.npz` files keys may carry a `state_dict/` prefix (the reference
-  fixture's form); other arrays in the file are ignored.
+  A `.ckpt` may be a whole Lightning checkpoint (optimizer and scheduler
+  states, hyper-parameters): only its `state_dict` is used. In `.npz` files
+  keys may carry a `state_dict/` prefix (the reference fixture's form); other
+  arrays in the file are ignored. A file that cannot be read raises a
+  ValueError of one line.
   """
   if not os.path.isfile(path):
     raise ValueError(f"Checkpoint file not found: {path}")
   ext = os.path.splitext(path)[1].lower()
   if ext == ".npz":
-    with np.load(path) as data:
-      prefixed = [k for k in data.files if k.startswith("state_dict/")]
-      if prefixed:
-        return {k[len("state_dict/"):]: data[k] for k in prefixed}
-      return {k: data[k] for k in data.files}
+    return _npz_load(path)
   if ext in (".ckpt", ".pth", ".pt"):
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise ValueError(
-          f"Reading {path} needs PyTorch: pip install 'mirl_jax[torch]' "
-          "(or pip install torch).") from e
-    try:
-      obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a bad file
-      raise ValueError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+    obj = _torch_load(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
       obj = obj["state_dict"]  # Lightning checkpoint
     if not isinstance(obj, Mapping):
@@ -164,7 +234,10 @@ def import_checkpoint(path: str, workdir: str, model: models.PromptIR) -> dict:
   if existing:
     raise ValueError(f"{workdir} already holds tickets {existing}; import into an "
                      "empty workdir so that nothing saved is overwritten")
-  params, masks = params_from_torch(load_state_dict(path), model)
+  try:
+    params, masks = params_from_torch(load_state_dict(path), model)
+  except ValueError as e:
+    raise ValueError(str(e) if path in str(e) else f"{path}: {e}") from None
   counts = masks_lib.count(params, masks)
   checkpointing.save_ticket(workdir, 0, params, masks, meta=dict(
       imported_from=os.path.abspath(path), **counts))

@@ -1,6 +1,10 @@
 """PyTorch state_dicts and checkpoint files to Flax params and masks."""
 
+import argparse
+import collections
+import fractions
 import importlib.util
+import os
 import sys
 
 import jax
@@ -10,6 +14,11 @@ import pytest
 from mirl_jax import convert
 from mirl_jax import masks as masks_lib
 from mirl_jax import models
+
+
+_TINY = models.PromptIR(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
+                        heads=(1, 1, 1, 1), prompt_dims=(8, 8, 8),
+                        prompt_sizes=(4, 4, 4), noise_level_heads=1)
 
 
 def _flat(tree):
@@ -61,17 +70,29 @@ def test_lightning_prefix_and_unused_convs_are_accepted(reference_state_dict, re
   assert all(np.array_equal(got[k], want[k]) for k in want)
 
 
-def test_mismatches_are_listed_together(reference_state_dict):
+def test_mismatches_are_summed_up_in_one_line(reference_state_dict):
   bad = dict(reference_state_dict)
   del bad["latent.3.attn.qkv.weight"]
   bad["latent.9.attn.qkv.weight"] = np.zeros((1, 1, 1, 1), np.float32)
   bad["output.weight"] = np.zeros((3, 48, 3, 3), np.float32)
   with pytest.raises(ValueError) as info:
     convert.params_from_torch(bad)
+  assert str(info.value) == (
+      "The state_dict does not match PromptIR: 1 missing tensor (latent.3.attn.qkv.weight); "
+      "1 unexpected tensor (latent.9.attn.qkv.weight); 1 shape mismatch (output.weight: "
+      "got (3, 48, 3, 3), expected (3, 96, 3, 3)); "
+      "is --config the one the checkpoint was made with?")
+
+
+def test_another_config_gets_counts_not_pages(reference_state_dict):
+  with pytest.raises(ValueError) as info:  # the full network read with a small config
+    convert.params_from_torch(reference_state_dict, _TINY)
   message = str(info.value)
-  assert "missing key: latent.3.attn.qkv.weight" in message
-  assert "unexpected key: latent.9.attn.qkv.weight" in message
-  assert "shape mismatch: output.weight: got (3, 48, 3, 3)" in message
+  assert "\n" not in message and len(message) < 800
+  assert "396 unexpected tensors (encoder_level1.1.norm1.body.weight, " in message
+  assert ("140 shape mismatches (patch_embed.proj.weight: got (48, 3, 3, 3), "
+          "expected (8, 3, 3, 3), ") in message
+  assert message.endswith(", ...); is --config the one the checkpoint was made with?")
 
 
 def test_npz_files_load(tmp_path, reference_state_dict):
@@ -81,20 +102,151 @@ def test_npz_files_load(tmp_path, reference_state_dict):
   assert list(loaded) == list(reference_state_dict)[:3]
 
 
-def test_torch_checkpoint_files_round_trip(tmp_path, reference_state_dict, reference_ticket):
+@pytest.fixture(scope="module")
+def torch_state_dict(reference_state_dict):
   torch = pytest.importorskip("torch")
-  tensors = {k: torch.from_numpy(v.copy()) for k, v in reference_state_dict.items()}
-  ckpt = tmp_path / "mirl.ckpt"  # Lightning's form: {'state_dict': {'net.<name>': ...}}
-  torch.save({"epoch": 3, "state_dict": {"net." + k: v for k, v in tensors.items()}}, ckpt)
+  return collections.OrderedDict(
+      (k, torch.from_numpy(v)) for k, v in reference_state_dict.items())
+
+
+def _same_params(a, b) -> bool:
+  a, b = _flat(a), _flat(b)
+  return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_torch_checkpoint_files_round_trip(tmp_path, torch_state_dict, reference_ticket):
+  torch = pytest.importorskip("torch")
+  ckpt = tmp_path / "mirl.ckpt"  # all that Trainer.save_checkpoint writes for MIR-L
+  torch.save({
+      "epoch": 4, "global_step": 1000, "pytorch-lightning_version": "2.4.0",
+      "state_dict": collections.OrderedDict(
+          ("net." + k, v) for k, v in torch_state_dict.items()),
+      "loops": {"fit_loop": {"epoch_loop.state_dict": {"_batches_that_stepped": 1000}}},
+      "callbacks": {"ModelCheckpoint{'monitor': None}": {
+          "best_model_score": torch.tensor(0.5), "dirpath": "./checkpoints"}},
+      "optimizer_states": [{
+          "state": {0: {"step": torch.tensor(1000.0), "exp_avg": torch.zeros(3),
+                        "exp_avg_sq": torch.zeros(3)}},
+          "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "eps": 1e-8,
+                            "weight_decay": 0.01, "amsgrad": False, "params": [0]}]}],
+      "lr_schedulers": [{"warmup_epochs": 15, "max_epochs": 120, "base_lrs": [2e-4],
+                         "last_epoch": 4, "_step_count": 5, "_last_lr": [1e-4]}],
+      "hparams_name": "kwargs",
+      "hyper_parameters": {"opt": argparse.Namespace(
+          lr=2e-4, epochs=120, mode=["all_in_one"], ckpt_dir="./checkpoints")},
+  }, ckpt)
   pth = tmp_path / "promptir.pth"  # a plain PromptIR state_dict
-  torch.save(tensors, pth)
-  want = _flat(reference_ticket[0])
+  torch.save(torch_state_dict, pth)
   for path in (ckpt, pth):
     params, masks = convert.params_from_torch(convert.load_state_dict(str(path)))
-    got = _flat(params)
-    assert all(np.array_equal(got[k], want[k]) for k in want), path
+    assert _same_params(params, reference_ticket[0]), path
     assert masks_lib.count(params, masks)["alive"] == masks_lib.count(
         *reference_ticket)["alive"]
+
+
+def _module_holding(torch, tensors):
+  """A torch module whose state_dict is `tensors`, without the reference code."""
+  root = torch.nn.Module()
+  for name, value in tensors.items():
+    *path, leaf = name.split(".")
+    node = root
+    for part in path:
+      if not hasattr(node, part):
+        node.add_module(part, torch.nn.Module())
+      node = getattr(node, part)
+    node.register_parameter(leaf, torch.nn.Parameter(value.clone()))
+  return root
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+def test_checkpoints_that_lightning_writes_import(tmp_path, torch_state_dict):
+  torch = pytest.importorskip("torch")
+  pl = pytest.importorskip(
+      "lightning.pytorch", reason="Lightning is not installed (pip install lightning)")
+
+  class MIRL(pl.LightningModule):
+    """MIR-L's LightningModule, built from parsed options as its train.py does."""
+
+    def __init__(self, opt):
+      super().__init__()
+      self.save_hyperparameters()
+      self.net = _module_holding(torch, torch_state_dict)
+
+    def training_step(self, batch, batch_idx):
+      return (self.net.output.weight ** 2).mean()  # a real step, without the 35M forward
+
+    def configure_optimizers(self):
+      optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.opt.lr)
+      return [optimizer], [torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=120)]
+
+  module = MIRL(argparse.Namespace(lr=2e-4, epochs=120, mode=["derain"]))
+  trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False,
+                       enable_checkpointing=False, enable_progress_bar=False,
+                       enable_model_summary=False, default_root_dir=tmp_path)
+  data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(1, 1)))
+  trainer.fit(module, data)
+  path = tmp_path / "model-epoch-00-step0.ckpt"
+  trainer.save_checkpoint(path)
+
+  written = torch.load(path, weights_only=False)  # our own file: safe to unpickle
+  assert isinstance(written["hyper_parameters"]["opt"], argparse.Namespace)
+  assert written["optimizer_states"][0]["state"] and written["lr_schedulers"]
+  params, _ = convert.params_from_torch(convert.load_state_dict(str(path)))
+  plain, _ = convert.params_from_torch(module.net.state_dict())
+  assert _same_params(params, plain)
+
+
+class _Ordered(collections.OrderedDict):
+  """A class of the test's own: unpickling it would run the test's code."""
+
+
+class _Sneaky:
+  """Unpickling it makes a folder: the test sees whether any code ran."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return os.mkdir, (self.marker,)
+
+
+def test_checkpoints_holding_other_classes_are_refused(tmp_path):
+  torch = pytest.importorskip("torch")
+  marker = tmp_path / "code-ran"
+  for name, extra in (("_Ordered", _Ordered(a=torch.zeros(1))),
+                      ("fractions.Fraction", fractions.Fraction(1, 3)),
+                      ("mkdir", _Sneaky(str(marker)))):
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"net.a": torch.zeros(1)}, "hyper_parameters": {"x": extra}},
+               path)
+    with pytest.raises(ValueError) as info:
+      convert.load_state_dict(str(path))
+    message = str(info.value)
+    assert "model.ckpt holds a pickled " in message and name in message
+    assert "mirl_jax refuses to unpickle" in message and "save the state_dict alone" in message
+    assert "\n" not in message and "weights_only" not in message
+  assert not marker.exists()
+
+
+def test_older_torch_allows_namespaces_or_says_what_to_install(tmp_path, monkeypatch):
+  torch = pytest.importorskip("torch")
+  path = tmp_path / "hparams.ckpt"
+  torch.save({"state_dict": {"net.a": torch.ones(1)},
+              "hyper_parameters": {"opt": argparse.Namespace(lr=1.0)}}, path)
+  serialization = torch.serialization
+  allowed, clear, add = (serialization.get_safe_globals(), serialization.clear_safe_globals,
+                         serialization.add_safe_globals)
+  monkeypatch.delattr(serialization, "safe_globals")  # as in torch 2.4
+  try:
+    assert list(convert.load_state_dict(str(path))) == ["net.a"]
+    clear()
+    monkeypatch.delattr(serialization, "add_safe_globals")  # as in torch < 2.4
+    with pytest.raises(ValueError, match=r"hparams.ckpt holds argparse.Namespace, which "
+                       r"PyTorch .* cannot allow when reading weights only: install torch>=2.4"):
+      convert.load_state_dict(str(path))
+  finally:  # the allow-list is global: leave it as it was
+    clear()
+    add(allowed)
 
 
 def test_bad_files_get_clear_errors(tmp_path, monkeypatch):
@@ -103,22 +255,42 @@ def test_bad_files_get_clear_errors(tmp_path, monkeypatch):
   (tmp_path / "weights.h5").write_bytes(b"x")
   with pytest.raises(ValueError, match="expected .ckpt, .pth, .pt or .npz"):
     convert.load_state_dict(str(tmp_path / "weights.h5"))
+
+  np.savez(tmp_path / "good.npz", a=np.zeros(100))
+  good = (tmp_path / "good.npz").read_bytes()
+  (tmp_path / "truncated.npz").write_bytes(good[:len(good) // 2])
+  (tmp_path / "garbage.npz").write_bytes(b"not a numpy file")
+  for name in ("truncated.npz", "garbage.npz"):
+    with pytest.raises(ValueError) as info:
+      convert.load_state_dict(str(tmp_path / name))
+    assert str(info.value) == (
+        f"{tmp_path / name} is not a readable .npz archive (arrays written by numpy.savez): "
+        f"its {(tmp_path / name).stat().st_size:,} bytes are truncated, damaged or another "
+        "kind of file")
+
   corrupt = tmp_path / "corrupt.ckpt"
   corrupt.write_bytes(b"not a torch file")
   if importlib.util.find_spec("torch"):
-    with pytest.raises(ValueError, match="corrupt.ckpt is not a readable PyTorch"):
-      convert.load_state_dict(str(corrupt))
+    import torch  # pylint: disable=import-outside-toplevel
+    torch.save({"a": torch.zeros(100)}, tmp_path / "good.pth")
+    good = (tmp_path / "good.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(good[:len(good) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for name in ("corrupt.ckpt", "truncated.pth", "empty.pt"):
+      with pytest.raises(ValueError) as info:
+        convert.load_state_dict(str(tmp_path / name))
+      assert str(info.value) == (
+          f"{tmp_path / name} is not a readable PyTorch checkpoint (a zip archive written by "
+          f"torch.save): its {(tmp_path / name).stat().st_size:,} bytes are truncated, "
+          "damaged or another kind of file")
   monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
   with pytest.raises(ValueError, match=r"pip install 'mirl_jax\[torch\]'"):
     convert.load_state_dict(str(corrupt))
 
 
 def test_tiny_model_converts_by_the_same_rule():
-  model = models.PromptIR(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
-                          heads=(1, 1, 1, 1), prompt_dims=(8, 8, 8),
-                          prompt_sizes=(4, 4, 4), noise_level_heads=1)
-  params = models.init_params(model, jax.random.key(0))
-  again, masks = convert.params_from_torch(convert.params_to_torch(params), model)
+  params = models.init_params(_TINY, jax.random.key(0))
+  again, masks = convert.params_from_torch(convert.params_to_torch(params), _TINY)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params),
                                                   jax.tree.leaves(again)))
   assert masks_lib.count(again, masks)["remaining"] == 1.0
