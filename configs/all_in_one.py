@@ -25,71 +25,73 @@ def get_config() -> ml_collections.ConfigDict:
 
   # PromptIR(decoder=True) as MIR-L trains it (mirl_jax.models.PromptIR).
   config.model = ml_collections.ConfigDict(dict(
-      dim=48,
-      num_blocks=(4, 6, 6, 8),
-      num_refinement_blocks=4,
-      heads=(1, 2, 4, 8),
-      ffn_expansion_factor=2.66,
-      prompt_dims=(64, 128, 320),
-      prompt_sizes=(64, 32, 16),
-      prompt_length=5,
-      noise_level_heads=4,
+      dim=48,                          # channels of level 1; levels 2-4 double it
+      num_blocks=(4, 6, 6, 8),         # transformer blocks per level, encoder and decoder
+      num_refinement_blocks=4,         # transformer blocks after the decoder
+      heads=(1, 2, 4, 8),              # attention heads per level
+      ffn_expansion_factor=2.66,       # hidden width of the feed-forward, times dim
+      prompt_dims=(64, 128, 320),      # channels of the three prompt blocks
+      prompt_sizes=(64, 32, 16),       # spatial size of the learned prompt components
+      prompt_length=5,                 # prompt components mixed per block
+      noise_level_heads=4,             # heads of the blocks after each prompt
   ))
 
-  # Data (mirl_jax.datasets, mirl_jax.pipeline). batch_size is per device.
+  # Data (mirl_jax.datasets, mirl_jax.pipeline).
   config.data = ml_collections.ConfigDict(dict(
-      demo=False,  # True: build the embedded demo dataset into data_dir, no download
-      manual_dir="data/mirl",
-      data_dir="data/tfds",
-      train_sets=("denoise/WED", "denoise/BSD400", "derain/Rain100L", "dehaze/OTS"),
-      test_sets=("denoise/BSD68", "denoise/Urban100", "derain/Rain100L", "dehaze/SOTS"),
-      batch_size=8,
-      patch_size=64,
-      sigmas=(15, 25, 50),
-      repeats=dict(denoise=3, derain=120, dehaze=1),
-      worker_count=2,
-      read_threads=2,
+      demo=False,                      # True: the embedded demo dataset, built in data_dir
+      manual_dir="data/mirl",          # MIR-L's unpacked archive, read by --mode prepare
+      data_dir="data/tfds",            # the prepared datasets (TFDS, ArrayRecord)
+      train_sets=("denoise/WED", "denoise/BSD400", "derain/Rain100L", "dehaze/OTS"),  # "task/Set"
+      test_sets=("denoise/BSD68", "denoise/Urban100", "derain/Rain100L", "dehaze/SOTS"),  # "task/Set"
+      batch_size=8,                    # training patches per step, per device
+      patch_size=64,                   # side of the square training patches (a multiple of 8)
+      sigmas=(15, 25, 50),             # Gaussian noise levels, training and test
+      repeats=dict(denoise=3, derain=120, dehaze=1),  # times each task's images enter an epoch
+      worker_count=2,                  # Grain worker processes (0: in the main process)
+      read_threads=2,                  # threads reading records per worker
   ))
 
   # One round of training (AdamW as PyTorch's, the reference's warmup + cosine per epoch).
   config.train = ml_collections.ConfigDict(dict(
-      epochs=120,
-      warmup_epochs=15,
-      learning_rate=2e-4,
-      weight_decay=0.01,
-      lr_per_epoch=True,  # False: the same curve evaluated per step
-      log_every_steps=50,
-      checkpoint_every_steps=1000,
+      epochs=120,                      # per round
+      warmup_epochs=15,                # linear warmup from 0, then cosine to 0
+      learning_rate=2e-4,              # peak learning rate
+      weight_decay=0.01,               # AdamW's, as PyTorch's default (optax's is 1e-4)
+      lr_per_epoch=True,               # False: the same curve evaluated per step
+      log_every_steps=50,              # TensorBoard scalars
+      checkpoint_every_steps=1000,     # mid-round checkpoints (the newest two kept)
   ))
 
   # Iterative magnitude pruning.
   config.lottery = ml_collections.ConfigDict(dict(
-      rounds=15,              # pruned rounds after the dense round 0
-      percent=20.0,           # of the surviving weights, per round
-      scope="global",         # or "layerwise" (the output conv at half the rate)
-      rewind="init",          # "init" (the paper), "late" (params at step late_step
-                              # of round 0) or "random" (re-initialised survivors)
-      late_step=0,
-      keep_trained_prompts=False,  # True: prompt_param and temperature keep their
-                                   # trained values, as the official code does
+      rounds=15,                       # pruned rounds after the dense round 0
+      percent=20.0,                    # of the surviving weights, per round
+      scope="global",                  # or "layerwise" (the output conv at half the rate)
+      rewind="init",                   # "init" (the paper), "late" (params at step late_step
+                                       # of round 0) or "random" (re-initialised survivors)
+      late_step=0,                     # with rewind="late": the step of round 0 (>= 1)
+      keep_trained_prompts=False,      # True: prompt_param and temperature keep their
+                                       # trained values, as the official code does
   ))
 
   # Evaluation after every round (--mode evaluate: of a ticket in the workdir).
   config.eval = ml_collections.ConfigDict(dict(
-      seed=0,            # the fixed noise of the denoising test inputs
-      ticket=-1,         # --mode evaluate: -1 is the latest ticket
-      save_images=False, # restored PNGs under WORKDIR/eval/<ticket>/
+      seed=0,                          # the fixed noise of the denoising test inputs
+      ticket=-1,                       # --mode evaluate: -1 is the latest ticket
+      save_images=False,               # restored PNGs under WORKDIR/eval/<ticket>/
   ))
 
   # --mode import: a PyTorch .ckpt/.pth or an .npz of state-dict arrays.
-  config.import_from = ""
+  config.import_from = ""  # the checkpoint file to import into an empty workdir
 
-  # --mode restore: image files and folders, comma-separated.
+  # --mode restore: your own images with a ticket of the workdir.
   config.restore = ml_collections.ConfigDict(dict(
-      inputs="",
-      output_dir="",
-      ticket=-1,     # -1: the latest ticket in the workdir
-      tile=512,      # larger images are restored in overlapping tiles
-      overlap=32,
+      inputs="",                       # image files and folders, comma-separated
+      output_dir="",                   # where restored images go (never an input folder)
+      overwrite=False,                 # True: replace outputs already in output_dir
+      format="same",                   # "same" (JPEG in, JPEG out; else PNG), "png" or "jpg"
+      ticket=-1,                       # -1: the latest ticket in the workdir
+      tile=512,                        # larger images are restored in overlapping tiles
+      overlap=32,                      # pixels shared by neighbouring tiles
   ))
   return config

@@ -11,8 +11,11 @@ def get_config():
   config.model.update(dict(dim=8, num_blocks=(1, 1, 1, 2), num_refinement_blocks=1,
                            heads=(1, 1, 2, 2), prompt_dims=(8, 16, 16),
                            prompt_sizes=(16, 8, 4), noise_level_heads=1))
-  config.data.update(dict(demo=True, manual_dir="", data_dir="",  # "": inside the workdir
-                          train_sets=(), test_sets=(),  # "": the demo's sets
+  config.data.update(dict(demo=True,
+                          manual_dir="",  # "": the demo's raw images, inside the workdir
+                          data_dir="",  # "": the demo's datasets, inside the workdir
+                          train_sets=(),  # (): the demo's sets
+                          test_sets=(),  # (): the demo's sets
                           patch_size=32,  # a quarter of the compute of 64
                           repeats=dict(denoise=4, derain=12, dehaze=12), worker_count=0))
   config.train.update(dict(epochs=8, warmup_epochs=1, learning_rate=4e-3,

@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   config = demo.get_config()
   config.lottery.rounds = 11
   config.train.epochs = 6
-  # The controls (b)-(d) are trained at every `every`-th pruned round and the last.
-  config.study = ml_collections.ConfigDict(dict(every=1))
+  # The winning-ticket study (mirl_jax.ticket_study).
+  config.study = ml_collections.ConfigDict(dict(
+      every=1,  # the controls (b)-(d) train at every `every`-th pruned round and the last
+  ))
   return config

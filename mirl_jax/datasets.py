@@ -91,8 +91,8 @@ def set_config(split: str, spec: str) -> SetConfig:
 
 def _require_dir(folder: Path, what: str) -> None:
   if not folder.is_dir():
-    raise DatasetLayoutError(f'{folder}: missing folder ({what}). Expected the MIR-L tree:\n'
-                             f'{EXPECTED_TREE}')
+    raise DatasetLayoutError(f'{folder}: missing folder ({what}); expected MIR-L\'s tree under '
+                             'data.manual_dir, as the README\'s "Preparing the data" shows')
 
 
 def find_pairs(root: Path, task: str) -> list[tuple[str, Path, Path]]:

@@ -38,6 +38,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mirl_jax import checkpointing
+from mirl_jax import config_keys
 from mirl_jax import evaluate
 from mirl_jax import images
 from mirl_jax import lottery
@@ -312,10 +313,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    runtime.fail(f"unexpected arguments {argv[1:]}: every setting is a flag "
+                 "(--config.KEY=VALUE)", 2)
   runtime.setup(FLAGS["verbosity"].present)
-  runtime.run_cleanly(lambda: Study(FLAGS.config, FLAGS.workdir).run())
+
+  def run():
+    config_keys.validate(FLAGS.config, "train")
+    Study(FLAGS.config, FLAGS.workdir).run()
+  runtime.run_cleanly(run)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=runtime.parse_flags)

@@ -231,8 +231,8 @@ class Run:
     changes = config_changes(saved["config"], self.run_config)
     if changes:
       raise ValueError(
-          f"{self.workdir} holds a run made with another config; changed:\n  " +
-          "\n  ".join(changes) + "\nResume with the saved values, or use a new --workdir.")
+          f"{self.workdir} holds a run made with another config (changed: " +
+          "; ".join(changes) + "): resume with the saved values, or use a new --workdir")
 
   def train(self) -> rounds.RoundResult | None:
     done = checkpointing.ticket_indices(self.workdir)
