@@ -30,12 +30,14 @@ import time
 from pathlib import Path
 
 import bench_forward
+import bench_restore
 import bench_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for `configs`; this folder (bench_*) is already on the path
 
-ITEMS = ("forward", "train_step", "demo_train_step", "pipeline", "prune", "checkpoint_sizes")
+ITEMS = ("forward", "restore", "train_step", "demo_train_step", "pipeline", "prune",
+         "checkpoint_sizes")
 TICKET_FRACTION = 0.10  # non-zero share of ALL params in the sparse checkpoint
 
 
@@ -102,6 +104,7 @@ def _checkpoint(model: str, fraction: float | None) -> dict:
 
 CHILDREN = {
     "forward": lambda model, size, repeats: bench_forward.measure(size, repeats, _model(model)),
+    "restore": lambda model, **kw: bench_restore.measure(_model(model), **kw),
     "train_step": lambda model, **kw: bench_train_step.run_step(model=_model(model), **kw),
     "prune": lambda model, repeats: bench_train_step.run_prune(repeats, _model(model)),
     "pipeline": _pipeline,
@@ -134,6 +137,12 @@ def plan(quick: bool) -> list[dict]:
   jobs = [_job("forward", "forward", f"{net}, 1x{s}x{s}x3, median of {reps}", "forward",
                None if quick else bench_forward.REFERENCE[s], model=big, size=s, repeats=reps)
           for s in ((32, 64) if quick else (128, 256))]
+  for name in ("demo",) if quick else ("demo", "default"):
+    height, width = (64, 96) if quick else bench_restore.SIZES[name]
+    tile, overlap = (32, 8) if quick else (512, 32)
+    jobs.append(_job("restore", "restore a photo", f"{name} network, {width}x{height} PNG, "
+                     f"tiles {tile} (overlap {overlap}), median of 2", "restore", model=name,
+                     size=[height, width], tile=tile, overlap=overlap, repeats=2))
   steps, size = (2, 32) if quick else (3, 64)
   jobs.append(_job("train_step", "training step", f"{net}, batch 8x{size}x{size}x3 in 4 "
                    f"microbatches, AdamW, masked (a pruned round), median of {steps}",
@@ -204,6 +213,9 @@ def result_text(job: dict, r: dict) -> str:
     return f"{_s(r['step_s'])} per step (compile {_s(r['compile_s'])})"
   if fn == "prune":
     return _s(r["prune_s"])
+  if fn == "restore":
+    return (f"{r['s_per_mp']:.1f} s/MP, {_s(r['s_per_tile'])}/tile (compile "
+            f"{_s(r['compile_s'])})")
   if fn == "pipeline":
     return f"{r['patches_per_s']:.0f} patches/s"
   share = r["bytes"] / r["dense_float32_bytes"]

@@ -89,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
       inputs="",                       # image files and folders, comma-separated
       output_dir="",                   # where restored images go (never an input folder)
       overwrite=False,                 # True: replace outputs already in output_dir
-      format="same",                   # "same" (JPEG in, JPEG out; else PNG), "png" or "jpg"
+      format="same",                   # "same" (JPEG and WebP keep theirs, others PNG), "png", "jpg"
       ticket=-1,                       # -1: the latest ticket in the workdir
       tile=512,                        # larger images are restored in overlapping tiles
       overlap=32,                      # pixels shared by neighbouring tiles

@@ -2,9 +2,10 @@ r"""The one entry point: python -m mirl_jax.main --config FILE --workdir DIR [--
 
 Config files define `get_config()` (ml_collections); any key can be set on
 the command line as --config.a.b=value, and a mistyped key is an error that
-suggests the right one. Several processes (TPU pod hosts, SLURM tasks) join
-one run with --distributed (or --coordinator_address, --num_processes,
---process_id for a hand-made cluster).
+suggests the right one. `--mode config` prints every key with its value and
+meaning. Several processes (TPU pod hosts, SLURM tasks) join one run with
+--distributed (or --coordinator_address, --num_processes, --process_id for a
+hand-made cluster).
 """
 
 import os
@@ -17,6 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mirl_jax import checkpointing
+from mirl_jax import config_keys
 from mirl_jax import convert
 from mirl_jax import models
 from mirl_jax import restore
@@ -24,17 +26,20 @@ from mirl_jax import restore
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Where tickets, checkpoints and logs live.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "restore", "import", "prepare"],
+flags.DEFINE_string("workdir", None, "Where tickets, checkpoints and logs live "
+                    "(every mode but config).")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "restore", "import", "prepare",
+                                    "config"],
                   "train: run (or resume) IMP; evaluate: a ticket on the test sets; "
                   "restore: your images; import: a PyTorch checkpoint; prepare: "
-                  "build the datasets the config names.")
+                  "build the datasets the config names; config: print every config "
+                  "key with its value and meaning.")
 flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() from the "
                   "cluster's environment (TPU pods, SLURM).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def run_train(config, workdir: str) -> None:
@@ -72,9 +77,6 @@ def run_prepare(config, workdir: str) -> None:
 
 
 def run_import(config, workdir: str) -> None:
-  if not config.import_from:
-    raise app.UsageError("--mode import needs --config.import_from=FILE "
-                         "(.ckpt, .pth or .npz)")
   counts = convert.import_checkpoint(config.import_from, workdir,
                                      models.PromptIR(**config.model))
   print(f"Imported {config.import_from} into {workdir}: {counts['params']:,} "
@@ -86,33 +88,48 @@ def run_import(config, workdir: str) -> None:
 
 def run_restore(config, workdir: str) -> None:
   cfg = config.restore
-  if not cfg.inputs or not cfg.output_dir:
-    raise app.UsageError("--mode restore needs --config.restore.inputs=PATH[,PATH...] "
-                         "and --config.restore.output_dir=DIR")
+  # Every check on inputs and outputs comes before the network is even read.
+  jobs = restore.plan_outputs([p for p in cfg.inputs.split(",") if p], cfg.output_dir,
+                              fmt=cfg.format, overwrite=cfg.overwrite)
   model = models.PromptIR(**config.model)
   index = None if cfg.ticket < 0 else cfg.ticket
   params, _, _ = checkpointing.restore_ticket(workdir, index, model=model)
-  inputs = [p for p in cfg.inputs.split(",") if p]
-  written = restore.restore_files(restore.make_forward(model, params), inputs,
-                                  cfg.output_dir, tile=cfg.tile, overlap=cfg.overlap)
+  written = restore.restore_files(restore.make_forward(model, params), jobs,
+                                  tile=cfg.tile, overlap=cfg.overlap)
   print(f"Restored {len(written)} image(s) into {cfg.output_dir}")
 
 
+def run_config(config, workdir: str) -> None:
+  del workdir
+  print(config_keys.describe(config, config_flags.get_config_filename(FLAGS["config"])))
+
+
 MODES = {"train": run_train, "evaluate": run_evaluate, "restore": run_restore,
-         "import": run_import, "prepare": run_prepare}
+         "import": run_import, "prepare": run_prepare, "config": run_config}
+
+
+def _checked(mode):
+  """The mode, run only once every config value is valid: nothing is written before."""
+  def run(config, workdir):
+    config_keys.validate(config, mode)
+    return MODES[mode](config, workdir)
+  return run
 
 
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    runtime.fail(f"unexpected arguments {argv[1:]}: every setting is a flag "
+                 "(--config.KEY=VALUE)", 2)
+  if FLAGS.mode != "config" and not FLAGS.workdir:
+    runtime.fail(f"--mode {FLAGS.mode} needs --workdir=DIR", 2)
   runtime.setup(FLAGS["verbosity"].present)
   if FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
   elif FLAGS.distributed:
     jax.distributed.initialize()
-  runtime.run_cleanly(MODES[FLAGS.mode], FLAGS.config, FLAGS.workdir)
+  runtime.run_cleanly(_checked(FLAGS.mode), FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=runtime.parse_flags)

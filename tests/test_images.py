@@ -1,11 +1,13 @@
-"""Tests of mirl_jax.images: every common file layout becomes RGB uint8, bad files fail clearly."""
+"""Tests of mirl_jax.images: every common file layout becomes RGB uint8, bad files fail clearly;
+user files for restoration are read and written back in kind."""
 
 import io
 import os
 
 import numpy as np
+import png
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mirl_jax import images
 
@@ -166,3 +168,90 @@ def test_decode_rgb_views_ppm_and_decodes_jpeg(tmp_path):
                                 images.read_rgb(tmp_path / 'a.jpg'))
   with pytest.raises(ValueError, match='RGB'):
     images.encode_ppm(pixels[..., 0])
+
+
+# ------------------------------------------------------------------ read_picture / encode_picture
+
+@pytest.mark.parametrize('orientation', range(1, 9))
+def test_picture_is_upright_as_exif_transpose_makes_it(tmp_path, orientation):
+  rgba = np.concatenate([_rgb(4, 6), _rgb(4, 6, seed=1)[..., :1]], axis=-1)
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  Image.fromarray(rgba, mode='RGBA').save(tmp_path / 'o.png', exif=exif)
+  with Image.open(tmp_path / 'o.png') as image:
+    want = np.asarray(ImageOps.exif_transpose(image))
+  picture = images.read_picture(tmp_path / 'o.png')
+  np.testing.assert_array_equal(np.rint(picture.rgb * 255).astype(np.uint8), want[..., :3])
+  np.testing.assert_array_equal(picture.alpha, want[..., 3])
+
+
+@pytest.mark.parametrize('make, grey, alpha, bits', [
+    (lambda: Image.fromarray(_rgb()), False, False, 8),
+    (lambda: Image.new('CMYK', (7, 5), (0, 255, 255, 0)), False, False, 8),
+    (lambda: Image.fromarray(_rgb()).convert('P'), False, False, 8),
+    (lambda: Image.fromarray(_rgb()).convert('YCbCr'), False, False, 8),
+    (lambda: Image.fromarray(_rgb()).convert('1'), True, False, 8),
+    (lambda: Image.fromarray(_rgb()).convert('LA'), True, True, 8),
+    (lambda: Image.fromarray((_rgb()[..., 0].astype(np.uint16) * 257)), True, False, 16),
+])
+def test_picture_kinds(tmp_path, make, grey, alpha, bits):
+  path = tmp_path / 'k.tif'  # TIFF holds every one of these modes
+  make().save(path)
+  picture = images.read_picture(path)
+  assert picture.rgb.shape == (5, 7, 3) and picture.rgb.dtype == np.float32
+  assert 0 <= picture.rgb.min() and picture.rgb.max() <= 1
+  assert (picture.grey, picture.alpha is not None, picture.bits) == (grey, alpha, bits)
+  assert picture.format == 'TIFF'
+  if grey:
+    np.testing.assert_array_equal(picture.rgb[..., 0], picture.rgb[..., 2])
+  out = Image.open(io.BytesIO(images.encode_picture(picture.rgb, picture, 'PNG')))
+  want = 'I;16' if bits == 16 else {(False, False): 'RGB', (True, False): 'L', (True, True): 'LA'}[
+      grey, alpha]
+  assert out.mode == want
+
+
+def test_sixteen_bit_png_is_read_whole(tmp_path):
+  wide = np.array([[[0, 1, 2], [255, 256, 65535]]], dtype=np.uint16)
+  with open(tmp_path / 'w.png', 'wb') as f:
+    png.Writer(2, 1, greyscale=False, bitdepth=16).write(f, wide.reshape(1, -1))
+  picture = images.read_picture(tmp_path / 'w.png')
+  assert picture.bits == 16 and not picture.grey and picture.alpha is None
+  np.testing.assert_array_equal(np.rint(picture.rgb * 65535).astype(np.uint16), wide)
+
+
+@pytest.mark.parametrize('alpha', [False, True])
+@pytest.mark.parametrize('lossless', [False, True])
+def test_webp_lossless_is_told_apart(tmp_path, alpha, lossless):
+  pixels = _rgb(8, 8) if not alpha else np.concatenate([_rgb(8, 8), _rgb(8, 8)[..., :1]], -1)
+  Image.fromarray(pixels).save(tmp_path / 'w.webp', lossless=lossless)
+  picture = images.read_picture(tmp_path / 'w.webp')
+  assert picture.format == 'WEBP' and picture.lossless == lossless
+  assert (picture.alpha is not None) == alpha
+
+
+def test_output_format_and_unfit():
+  assert [images.output_format(f) for f in ('JPEG', 'WEBP', 'PNG', 'TIFF', 'BMP')] == [
+      'JPEG', 'WEBP', 'PNG', 'PNG', 'PNG']
+  assert images.output_format('JPEG', 'png') == 'PNG'
+  assert images.output_format('PNG', 'jpg') == 'JPEG'
+  with pytest.raises(ValueError, match='unknown'):
+    images.output_format('PNG', 'gif')
+  rgb = np.zeros((2, 2, 3), np.float32)
+  deep = images.Picture(rgb, None, False, 16, 'PNG')
+  clear = images.Picture(rgb, np.zeros((2, 2), np.uint8), False, 8, 'PNG')
+  assert images.unfit(deep, 'JPEG') == '16 bits per channel'
+  assert images.unfit(clear, 'JPEG') == 'an alpha channel' and images.unfit(clear, 'PNG') == ''
+  with pytest.raises(ValueError, match='JPEG cannot hold an alpha channel'):
+    images.encode_picture(rgb, clear, 'JPEG')
+  with pytest.raises(ValueError, match='shape'):
+    images.encode_picture(rgb[:1], clear, 'PNG')
+
+
+def test_phone_jpeg_with_several_pictures_counts_as_jpeg(tmp_path):
+  Image.fromarray(_rgb(8, 8)).save(tmp_path / 'm.jpg', format='MPO', save_all=True,
+                                   append_images=[Image.fromarray(_rgb(4, 4))])
+  with Image.open(tmp_path / 'm.jpg') as image:
+    assert image.format == 'MPO'
+  picture = images.read_picture(tmp_path / 'm.jpg')
+  assert picture.format == 'JPEG' and images.output_format(picture.format) == 'JPEG'
+  assert picture.rgb.shape == (8, 8, 3) and picture.subsampling == 2
