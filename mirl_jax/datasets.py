@@ -91,8 +91,10 @@ def set_config(split: str, spec: str) -> SetConfig:
 
 def _require_dir(folder: Path, what: str) -> None:
   if not folder.is_dir():
-    raise DatasetLayoutError(f'{folder}: missing folder ({what}); expected MIR-L\'s tree under '
-                             'data.manual_dir, as the README\'s "Preparing the data" shows')
+    raise DatasetLayoutError(
+        f'{folder}: missing folder ({what}); expected MIR-L\'s tree under data.manual_dir: '
+        '{train,test}/<task>/<Set>/, rain and haze sets as input/NAME_rainy|_hazy.EXT with '
+        'target/NAME_gt.EXT (datasets.EXPECTED_TREE; README: "Preparing the data")')
 
 
 def find_pairs(root: Path, task: str) -> list[tuple[str, Path, Path]]:
@@ -175,8 +177,9 @@ class MirlImages(tfds.core.GeneratorBasedBuilder):
     else:
       items = find_pairs(root, config.task)
     if not items:
-      raise DatasetLayoutError(f'{root}: no usable images found. Expected the MIR-L tree:\n'
-                               f'{EXPECTED_TREE}')
+      raise DatasetLayoutError(f'{root}: no usable images found; expected image files, or for '
+                               'rain and haze sets input/NAME_rainy|_hazy.EXT with '
+                               'target/NAME_gt.EXT (datasets.EXPECTED_TREE)')
     return {config.split: self._generate_examples(items)}
 
   def _generate_examples(self, items):
@@ -227,6 +230,13 @@ def prepare(data_config) -> dict[tuple[str, str], MirlImages]:
   sets = configured_sets(data_config)
   for split, spec in sets:
     set_config(split, spec)  # Fail on a bad name before any long build.
+  root = Path(data_config.manual_dir)
+  missing = [f'{split}/{spec}' for split, spec in sets if not (root / split / spec).is_dir()]
+  if missing:
+    raise DatasetLayoutError(
+        f'{root}: no folder for {len(missing)} of the {len(sets)} sets ({", ".join(missing)}); '
+        'expected MIR-L\'s tree under data.manual_dir (datasets.EXPECTED_TREE; README: '
+        '"Preparing the data")')
   built = {}
   for split, spec in tqdm.tqdm(sets, desc='Preparing data sets', unit='set'):
     built[(split, spec)] = build_set(split, spec, data_config.manual_dir, data_config.data_dir)
