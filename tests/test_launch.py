@@ -5,6 +5,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from mirl_jax import checkpointing
 from mirl_jax import models
@@ -12,6 +13,8 @@ from mirl_jax import models
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "launch"))
 import local  # pylint: disable=wrong-import-position
+
+pytestmark = pytest.mark.slow  # whole runs of the CLI in child processes
 
 TINY = dict(dim=4, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1),
             prompt_dims=(4, 4, 4), prompt_sizes=(4, 4, 4), noise_level_heads=1)

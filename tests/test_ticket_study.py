@@ -14,6 +14,8 @@ from mirl_jax import ticket_study
 from mirl_jax import train
 from tiny_config import get_config as tiny_config
 
+pytestmark = pytest.mark.slow  # whole runs of the CLI in child processes
+
 TASKS = {"denoise_15/DemoClean", "denoise_25/DemoClean", "denoise_50/DemoClean",
          "derain/DemoRain", "dehaze/DemoHaze"}
 

@@ -11,6 +11,8 @@ from mirl_jax import checkpointing
 from mirl_jax import train
 from tiny_config import get_config as _config
 
+pytestmark = pytest.mark.slow  # whole runs of the CLI in child processes
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
