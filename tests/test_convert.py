@@ -249,6 +249,14 @@ def test_older_torch_allows_namespaces_or_says_what_to_install(tmp_path, monkeyp
     add(allowed)
 
 
+
+def _assert_unreadable(path, what):
+  """Our own one line for a file the reader cannot read, never the reader's pages."""
+  with pytest.raises(ValueError) as info:
+    convert.load_state_dict(str(path))
+  assert str(info.value) == (f"{path} is not a readable {what}: its {path.stat().st_size:,} "
+                             "bytes are truncated, damaged or another kind of file")
+
 def test_bad_files_get_clear_errors(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="not found"):
     convert.load_state_dict(str(tmp_path / "absent.ckpt"))
@@ -261,12 +269,7 @@ def test_bad_files_get_clear_errors(tmp_path, monkeypatch):
   (tmp_path / "truncated.npz").write_bytes(good[:len(good) // 2])
   (tmp_path / "garbage.npz").write_bytes(b"not a numpy file")
   for name in ("truncated.npz", "garbage.npz"):
-    with pytest.raises(ValueError) as info:
-      convert.load_state_dict(str(tmp_path / name))
-    assert str(info.value) == (
-        f"{tmp_path / name} is not a readable .npz archive (arrays written by numpy.savez): "
-        f"its {(tmp_path / name).stat().st_size:,} bytes are truncated, damaged or another "
-        "kind of file")
+    _assert_unreadable(tmp_path / name, ".npz archive (arrays written by numpy.savez)")
 
   corrupt = tmp_path / "corrupt.ckpt"
   corrupt.write_bytes(b"not a torch file")
@@ -277,12 +280,8 @@ def test_bad_files_get_clear_errors(tmp_path, monkeypatch):
     (tmp_path / "truncated.pth").write_bytes(good[:len(good) // 2])
     (tmp_path / "empty.pt").write_bytes(b"")
     for name in ("corrupt.ckpt", "truncated.pth", "empty.pt"):
-      with pytest.raises(ValueError) as info:
-        convert.load_state_dict(str(tmp_path / name))
-      assert str(info.value) == (
-          f"{tmp_path / name} is not a readable PyTorch checkpoint (a zip archive written by "
-          f"torch.save): its {(tmp_path / name).stat().st_size:,} bytes are truncated, "
-          "damaged or another kind of file")
+      _assert_unreadable(tmp_path / name,
+                         "PyTorch checkpoint (a zip archive written by torch.save)")
   monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
   with pytest.raises(ValueError, match=r"pip install 'mirl_jax\[torch\]'"):
     convert.load_state_dict(str(corrupt))
