@@ -8,15 +8,15 @@ Initialisers reproduce PyTorch's, since magnitude pruning from init depends
 on the scale of every tensor.
 """
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+from mirl_jax import layers
+from mirl_jax.layers import torch_kernel_init
 
 
 def torch_bias_init(fan_in: int):
@@ -28,38 +28,19 @@ def torch_bias_init(fan_in: int):
   return init
 
 
-def conv(features: int, size: int = 1, name=None) -> nn.Conv:
-  """A bias-free conv with PyTorch's padding (size // 2) and init."""
+def conv(features: int, size: int = 1, name=None, dtype: Any = jnp.float32,
+         precision: Any = "highest") -> nn.Module:
+  """A bias-free conv with PyTorch's padding (size // 2) and init; 1x1 as a matmul."""
+  if size == 1:
+    return layers.Pointwise(features, dtype=dtype, precision=precision, name=name)
   pad = size // 2
   return nn.Conv(features, (size, size), padding=((pad, pad), (pad, pad)), use_bias=False,
-                 kernel_init=torch_kernel_init, name=name)
+                 kernel_init=torch_kernel_init, dtype=dtype, precision=precision, name=name)
 
 
-class DepthwiseConv(nn.Module):
-  """3x3 depthwise conv as nine shifted products.
-
-  Same kernel layout (3, 3, 1, C) and result as a grouped nn.Conv, but XLA on
-  CPU runs grouped convolutions ~6x slower forward and ~10x slower backward
-  than this fused elementwise form.
-  """
-  features: int
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param("kernel", torch_kernel_init, (3, 3, 1, self.features))
-    h, w = x.shape[1:3]
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = padded[:, :h, :w] * kernel[0, 0, 0]
-    for i in range(3):
-      for j in range(3):
-        if i or j:
-          out = out + padded[:, i:i + h, j:j + w] * kernel[i, j, 0]
-    return out
-
-
-def layer_norm(name=None) -> nn.LayerNorm:
-  """Restormer's "WithBias" LayerNorm: eps 1e-5, two-pass variance."""
-  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name=name)
+def layer_norm(name=None, dtype: Any = jnp.float32) -> nn.LayerNorm:
+  """Restormer's "WithBias" LayerNorm: eps 1e-5, two-pass variance (statistics in float32)."""
+  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
 
 
 def pixel_unshuffle(x: jax.Array) -> jax.Array:
@@ -99,48 +80,57 @@ class Attention(nn.Module):
   """MDTA: attention across channels, so its cost is linear in pixels."""
   dim: int
   heads: int
+  dtype: Any = jnp.float32
+  precision: Any = "highest"
 
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
     temperature = self.param("temperature", nn.initializers.ones, (self.heads,))
-    qkv = conv(3 * self.dim, 1, name="qkv")(x)
-    qkv = DepthwiseConv(3 * self.dim, name="qkv_dwconv")(qkv)
+    qkv = conv(3 * self.dim, 1, "qkv", self.dtype, self.precision)(x)
+    qkv = layers.Depthwise3x3(3 * self.dim, dtype=self.dtype, name="qkv_dwconv")(qkv)
     # Heads take contiguous channel groups; keeping pixels first (NHWC)
     # spares XLA two transposes of the largest tensors.
     q, k, v = (t.reshape(b, h * w, self.heads, c // self.heads)
                for t in jnp.split(qkv, 3, axis=-1))
-    q, k = l2_normalize(q, axis=1), l2_normalize(k, axis=1)
-    attn = jnp.einsum("bnhc,bnhd->bhcd", q, k) * temperature[:, None, None]
-    attn = jax.nn.softmax(attn, axis=-1)
-    out = jnp.einsum("bhcd,bnhd->bnhc", attn, v).reshape(b, h, w, c)
-    return conv(self.dim, 1, name="project_out")(out)
+    q, k = (l2_normalize(t.astype(jnp.float32), axis=1).astype(self.dtype) for t in (q, k))
+    attn = jnp.einsum("bnhc,bnhd->bhcd", q, k, precision=self.precision,
+                      preferred_element_type=jnp.float32) * temperature[:, None, None]
+    attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bhcd,bnhd->bnhc", attn, v, precision=self.precision).reshape(b, h, w, c)
+    return conv(self.dim, 1, "project_out", self.dtype, self.precision)(out)
 
 
 class FeedForward(nn.Module):
   """Gated depthwise-conv FFN with the exact (erf) GELU."""
   dim: int
   expansion: float
+  dtype: Any = jnp.float32
+  precision: Any = "highest"
 
   @nn.compact
   def __call__(self, x):
     hidden = int(self.dim * self.expansion)
-    x = conv(2 * hidden, 1, name="project_in")(x)
-    x = DepthwiseConv(2 * hidden, name="dwconv")(x)
+    x = conv(2 * hidden, 1, "project_in", self.dtype, self.precision)(x)
+    x = layers.Depthwise3x3(2 * hidden, dtype=self.dtype, name="dwconv")(x)
     x1, x2 = jnp.split(x, 2, axis=-1)
     x = nn.gelu(x1, approximate=False) * x2
-    return conv(self.dim, 1, name="project_out")(x)
+    return conv(self.dim, 1, "project_out", self.dtype, self.precision)(x)
 
 
 class TransformerBlock(nn.Module):
   dim: int
   heads: int
   expansion: float
+  dtype: Any = jnp.float32
+  precision: Any = "highest"
 
   @nn.compact
   def __call__(self, x):
-    x = x + Attention(self.dim, self.heads, name="attn")(layer_norm("norm1")(x))
-    return x + FeedForward(self.dim, self.expansion, name="ffn")(layer_norm("norm2")(x))
+    attn = Attention(self.dim, self.heads, self.dtype, self.precision, name="attn")
+    ffn = FeedForward(self.dim, self.expansion, self.dtype, self.precision, name="ffn")
+    x = x + attn(layer_norm("norm1", self.dtype)(x))
+    return x + ffn(layer_norm("norm2", self.dtype)(x))
 
 
 class PromptBlock(nn.Module):
@@ -149,6 +139,8 @@ class PromptBlock(nn.Module):
   length: int
   size: int
   lin_dim: int
+  dtype: Any = jnp.float32
+  precision: Any = "highest"
 
   @nn.compact
   def __call__(self, x):
@@ -156,20 +148,26 @@ class PromptBlock(nn.Module):
     prompt_param = self.param(
         "prompt_param", nn.initializers.uniform(1.0),
         (self.length, self.size, self.size, self.prompt_dim))
-    emb = x.mean(axis=(1, 2))
+    emb = x.astype(jnp.float32).mean(axis=(1, 2))
     weights = nn.Dense(self.length, kernel_init=torch_kernel_init,
-                       bias_init=torch_bias_init(self.lin_dim),
+                       bias_init=torch_bias_init(self.lin_dim), precision=self.precision,
                        name="linear_layer")(emb)
     weights = jax.nn.softmax(weights, axis=-1)
-    prompt = jnp.einsum("bl,lhwc->bhwc", weights, prompt_param)
-    prompt = resize_bilinear(prompt, h, w)
-    return conv(self.prompt_dim, 3, name="conv3x3")(prompt)
+    prompt = jnp.einsum("bl,lhwc->bhwc", weights, prompt_param, precision=self.precision)
+    prompt = resize_bilinear(prompt, h, w).astype(self.dtype)
+    return conv(self.prompt_dim, 3, "conv3x3", self.dtype, self.precision)(prompt)
 
 
 class PromptIR(nn.Module):
   """All-in-one restorer; defaults are MIR-L's PromptIR(decoder=True).
 
   Input and output: (B, H, W, 3) float32 in [0, 1], H and W multiples of 8.
+  `dtype` is the compute dtype ("bfloat16": mixed precision; params and the
+  output stay float32); `precision` the matmul and conv precision ("highest":
+  float32 arithmetic on TPUs and GPUs too, as the reference computes).
+  `scan_blocks` runs each run of identical transformer blocks as one
+  `lax.scan` over their stacked params: the same arithmetic, compiled once
+  per run instead of once per block (params keep their per-block names).
   """
   dim: int = 48
   num_blocks: Sequence[int] = (4, 6, 6, 8)
@@ -181,56 +179,80 @@ class PromptIR(nn.Module):
   prompt_length: int = 5
   noise_level_heads: int = 4
   out_channels: int = 3
+  dtype: str = "float32"
+  precision: str = "highest"
+  scan_blocks: bool = True
 
-  def _blocks(self, x, prefix, count, dim, heads):
-    for i in range(count):
-      x = TransformerBlock(dim, heads, self.ffn_expansion_factor,
-                           name=f"{prefix}_{i}")(x)
+  def _block(self, dim, heads, name=None):
+    return TransformerBlock(dim, heads, self.ffn_expansion_factor, jnp.dtype(self.dtype),
+                            self.precision, name=name)
+
+  def _blocks(self, x, names, dim, heads):
+    """The blocks `names` in turn; one scan when there are several and params exist."""
+    blocks = [self._block(dim, heads, name) for name in names]
+    if len(names) < 2 or not self.scan_blocks or self.is_initializing():
+      for block in blocks:
+        x = block(x)
+      return x
+    params = self.variables["params"]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[params[n] for n in names])
+    template = self._block(dim, heads, name=None).clone(parent=None)  # applied to each in turn
+    x, _ = jax.lax.scan(lambda h, p: (template.apply({"params": p}, h), None), x, stacked)
     return x
 
   def _prompted(self, x, level, lin_dim, out_dim):
     """concat[x, prompt(x)] -> transformer block -> 1x1 conv."""
+    dtype = jnp.dtype(self.dtype)
     p_dim, p_size = self.prompt_dims[level - 1], self.prompt_sizes[level - 1]
-    prompt = PromptBlock(p_dim, self.prompt_length, p_size, lin_dim,
+    prompt = PromptBlock(p_dim, self.prompt_length, p_size, lin_dim, dtype, self.precision,
                          name=f"prompt{level}")(x)
     x = jnp.concatenate([x, prompt], axis=-1)
-    x = TransformerBlock(lin_dim + p_dim, self.noise_level_heads,
-                         self.ffn_expansion_factor, name=f"noise_level{level}")(x)
-    return conv(out_dim, 1, name=f"reduce_noise_level{level}")(x)
+    x = TransformerBlock(lin_dim + p_dim, self.noise_level_heads, self.ffn_expansion_factor,
+                         dtype, self.precision, name=f"noise_level{level}")(x)
+    return conv(out_dim, 1, f"reduce_noise_level{level}", dtype, self.precision)(x)
 
   @nn.compact
   def __call__(self, x):
     if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] % 8 or x.shape[2] % 8:
       raise ValueError(
           f"PromptIR expects (B, H, W, 3) with H and W multiples of 8, got {x.shape}")
+    dtype = jnp.dtype(self.dtype)
     c1, c2, c3, c4 = (self.dim * 2 ** i for i in range(4))
     n1, n2, n3, n4 = self.num_blocks
     h1, h2, h3, h4 = self.heads
 
+    def c(features, size, name):
+      return conv(features, size, name, dtype, self.precision)
+
     def down(t, name):
-      return pixel_unshuffle(conv(t.shape[-1] // 2, 3, name=name)(t))
+      return pixel_unshuffle(c(t.shape[-1] // 2, 3, name)(t))
 
     def up(t, name):
-      return pixel_shuffle(conv(t.shape[-1] * 2, 3, name=name)(t))
+      return pixel_shuffle(c(t.shape[-1] * 2, 3, name)(t))
 
-    e1 = self._blocks(conv(c1, 3, name="patch_embed")(x), "encoder_level1", n1, c1, h1)
-    e2 = self._blocks(down(e1, "down1_2"), "encoder_level2", n2, c2, h2)
-    e3 = self._blocks(down(e2, "down2_3"), "encoder_level3", n3, c3, h3)
-    lat = self._blocks(down(e3, "down3_4"), "latent", n4, c4, h4)
+    def level(prefix, count):
+      return [f"{prefix}_{i}" for i in range(count)]
+
+    e1 = self._blocks(c(c1, 3, "patch_embed")(x.astype(dtype)), level("encoder_level1", n1),
+                      c1, h1)
+    e2 = self._blocks(down(e1, "down1_2"), level("encoder_level2", n2), c2, h2)
+    e3 = self._blocks(down(e2, "down2_3"), level("encoder_level3", n3), c3, h3)
+    lat = self._blocks(down(e3, "down3_4"), level("latent", n4), c4, h4)
     lat = self._prompted(lat, 3, c4, c3)
 
     d3 = jnp.concatenate([up(lat, "up4_3"), e3], axis=-1)
-    d3 = self._blocks(conv(c3, 1, name="reduce_chan_level3")(d3), "decoder_level3", n3, c3, h3)
+    d3 = self._blocks(c(c3, 1, "reduce_chan_level3")(d3), level("decoder_level3", n3), c3, h3)
     d3 = self._prompted(d3, 2, c3, c3)
 
     d2 = jnp.concatenate([up(d3, "up3_2"), e2], axis=-1)
-    d2 = self._blocks(conv(c2, 1, name="reduce_chan_level2")(d2), "decoder_level2", n2, c2, h2)
+    d2 = self._blocks(c(c2, 1, "reduce_chan_level2")(d2), level("decoder_level2", n2), c2, h2)
     d2 = self._prompted(d2, 1, c2, c2)
 
     d1 = jnp.concatenate([up(d2, "up2_1"), e1], axis=-1)
-    d1 = self._blocks(d1, "decoder_level1", n1, c2, h1)
-    d1 = self._blocks(d1, "refinement", self.num_refinement_blocks, c2, h1)
-    return conv(self.out_channels, 3, name="output")(d1) + x
+    # The decoder's last level and the refinement are one run of identical blocks.
+    d1 = self._blocks(d1, level("decoder_level1", n1) + level(
+        "refinement", self.num_refinement_blocks), c2, h1)
+    return c(self.out_channels, 3, "output")(d1).astype(jnp.float32) + x
 
 
 def param_shapes(model: nn.Module) -> dict:

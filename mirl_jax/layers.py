@@ -1,0 +1,85 @@
+"""The network's two commonest convolutions, in the forms XLA runs fast, PyTorch's results.
+
+PromptIR spends most of a training step in 1x1 convolutions and 3x3 depthwise
+convolutions. On XLA's CPU backend a 1x1 `nn.Conv` differentiates about three
+times slower than the same arithmetic as a matmul on the channel axis, and a
+grouped (depthwise) conv runs ~10x slower than nine shifted products, whose
+autodiff is in turn twice as slow as a backward written in the same shifted
+form. So: `Pointwise` is a matmul, `Depthwise3x3` is shifted products with a
+hand-written VJP. Both keep the parameter names and layouts of `nn.Conv`
+((1, 1, in, out) and (3, 3, 1, C) kernels) so checkpoints and masks are
+unchanged, and both take the model's compute dtype and matmul precision.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's conv init.
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+class Pointwise(nn.Module):
+  """A bias-free 1x1 convolution as a matmul over the channel axis."""
+  features: int
+  dtype: Any = jnp.float32
+  precision: Any = "highest"
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", torch_kernel_init, (1, 1, x.shape[-1], self.features))
+    kernel = kernel[0, 0].astype(self.dtype)
+    return jnp.dot(x.astype(self.dtype), kernel, precision=self.precision)
+
+
+def _shifted_sum(padded: jax.Array, kernel: jax.Array, h: int, w: int) -> jax.Array:
+  """sum_ij padded[:, i:i+h, j:j+w] * kernel[i, j]: a 3x3 depthwise correlation."""
+  out = padded[:, :h, :w] * kernel[0, 0]
+  for i in range(3):
+    for j in range(3):
+      if i or j:
+        out = out + padded[:, i:i + h, j:j + w] * kernel[i, j]
+  return out
+
+
+def _pad(x: jax.Array) -> jax.Array:
+  return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+@jax.custom_vjp
+def depthwise3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """(B, H, W, C) * (3, 3, C) -> (B, H, W, C), zero padding 1: PyTorch's groups=C conv."""
+  return _shifted_sum(_pad(x), kernel, *x.shape[1:3])
+
+
+def _depthwise_fwd(x, kernel):
+  return depthwise3x3(x, kernel), (x, kernel)
+
+
+def _depthwise_bwd(residuals, g):
+  """The input's gradient is the same correlation with the kernel flipped; the kernel's,
+  nine reductions. Accumulated in float32 whatever the compute dtype."""
+  x, kernel = residuals
+  h, w = x.shape[1:3]
+  dx = _shifted_sum(_pad(g), kernel[::-1, ::-1], h, w)
+  padded = _pad(x)
+  dk = jnp.stack([
+      jnp.sum(padded[:, i:i + h, j:j + w] * g, axis=(0, 1, 2), dtype=jnp.float32)
+      for i in range(3) for j in range(3)]).reshape(kernel.shape)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+depthwise3x3.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+class Depthwise3x3(nn.Module):
+  """3x3 depthwise convolution, kernel (3, 3, 1, C) as a grouped nn.Conv would hold it."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", torch_kernel_init, (3, 3, 1, self.features))
+    return depthwise3x3(x.astype(self.dtype), kernel[:, :, 0].astype(self.dtype))

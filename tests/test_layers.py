@@ -1,0 +1,82 @@
+"""The fast convolutions equal the plain ones: values, and gradients with a hand-written VJP."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mirl_jax import layers
+
+
+def _grouped_conv(x, kernel):
+  """The reference form: a grouped (depthwise) 3x3 convolution, padding 1."""
+  return jax.lax.conv_general_dilated(
+      x, kernel[:, :, None, :], (1, 1), ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
+      precision="highest")
+
+
+def _autodiff_form(x, kernel):
+  """The same shifted products, left to autodiff."""
+  return layers._shifted_sum(layers._pad(x), kernel, *x.shape[1:3])  # pylint: disable=protected-access
+
+
+def _inputs(seed=0, shape=(2, 9, 7, 5)):
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.standard_normal(shape), jnp.float32),
+          jnp.asarray(rng.standard_normal((3, 3, shape[-1])), jnp.float32))
+
+
+def _relative(a, b):
+  return float(jnp.abs(a - b).max() / jnp.maximum(jnp.abs(b).max(), 1e-30))
+
+
+def test_depthwise_equals_pytorchs_grouped_conv():
+  x, kernel = _inputs()
+  np.testing.assert_allclose(layers.depthwise3x3(x, kernel), _grouped_conv(x, kernel),
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("emptied", [False, True])
+def test_depthwise_gradients_equal_autodiffs(emptied):
+  x, kernel = _inputs(1)
+  if emptied:  # a channel pruned to nothing: its kernel and its input are all zero
+    kernel = kernel.at[:, :, 2].set(0.0)
+    x = x.at[..., 2].set(0.0)
+  weights = jnp.asarray(np.random.default_rng(2).standard_normal(x.shape), jnp.float32)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.tanh(f(x, k)) * weights)
+  ours = jax.grad(loss(layers.depthwise3x3), argnums=(0, 1))(x, kernel)
+  auto = jax.grad(loss(_autodiff_form), argnums=(0, 1))(x, kernel)
+  for got, want in zip(ours, auto):
+    assert _relative(got, want) <= 1e-5
+  if emptied:
+    assert np.all(np.isfinite(ours[0])) and np.all(np.isfinite(ours[1]))
+
+
+def test_depthwise_module_keeps_nn_conv_kernel_layout_and_computes_in_its_dtype():
+  x, _ = _inputs(3)
+  module = layers.Depthwise3x3(5)
+  params = module.init(jax.random.key(0), x)["params"]
+  assert params["kernel"].shape == (3, 3, 1, 5) and params["kernel"].dtype == jnp.float32
+  grouped = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=5, use_bias=False,
+                    precision="highest")
+  np.testing.assert_allclose(module.apply({"params": params}, x),
+                             grouped.apply({"params": params}, x), atol=1e-5)
+  out = layers.Depthwise3x3(5, dtype=jnp.bfloat16).apply({"params": params}, x)
+  assert out.dtype == jnp.bfloat16
+  grads = jax.grad(lambda p: layers.Depthwise3x3(5, dtype=jnp.bfloat16).apply(
+      {"params": p}, x).astype(jnp.float32).sum())(params)
+  assert grads["kernel"].dtype == jnp.float32
+
+
+def test_pointwise_equals_a_1x1_nn_conv():
+  x, _ = _inputs(4, (2, 6, 4, 7))
+  module = layers.Pointwise(3)
+  params = module.init(jax.random.key(0), x)["params"]
+  assert params["kernel"].shape == (1, 1, 7, 3)
+  conv = nn.Conv(3, (1, 1), use_bias=False, precision="highest")
+  np.testing.assert_allclose(module.apply({"params": params}, x),
+                             conv.apply({"params": params}, x), atol=1e-6)
+  grad = lambda m: jax.grad(lambda p: jnp.sum(m.apply({"params": p}, x) ** 2))(params)
+  assert _relative(grad(module)["kernel"], grad(conv)["kernel"]) <= 1e-5
