@@ -8,8 +8,7 @@ full network (33M prunable weights, all alive: the slowest round). Params come
 from models.init_params (PyTorch's scales).
 Reference (PyTorch, 2 threads, same machine): 18.4 s per step, 7.8 GiB peak RSS.
 
-XLA's CPU "concurrency optimized" scheduler roughly doubles the step's temporary
-memory here, so children run with it off by default (--xla_flags to change).
+Children run with the XLA flags every mirl_jax command sets (--xla_flags to change).
 
     python benchmarks/bench_train_step.py [--steps 5] [--batch 8] [--size 64] [--microbatches 1]
 """
@@ -27,8 +26,10 @@ import numpy as np
 
 #: PyTorch on this machine: seconds per step, peak RSS in GiB.
 REFERENCE = (18.4, 7.8)
-#: The children's XLA_FLAGS unless --xla_flags says otherwise (see above).
-XLA_FLAGS = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+#: The children's XLA_FLAGS unless --xla_flags says otherwise: those every command sets
+#: (mirl_jax.runtime.XLA_CPU_FLAGS).
+XLA_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false "
+             "--xla_backend_optimization_level=1")
 
 
 def _peak_rss_gib() -> float:

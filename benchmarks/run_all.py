@@ -144,10 +144,12 @@ def plan(quick: bool) -> list[dict]:
                      f"tiles {tile} (overlap {overlap}), median of 2", "restore", model=name,
                      size=[height, width], tile=tile, overlap=overlap, repeats=2))
   steps, size = (2, 32) if quick else (3, 64)
-  jobs.append(_job("train_step", "training step", f"{net}, batch 8x{size}x{size}x3 in 4 "
-                   f"microbatches, AdamW, masked (a pruned round), median of {steps}",
-                   "train_step", None if quick else bench_train_step.REFERENCE, train_env,
-                   model=big, masked=True, steps=steps, batch=8, size=size, microbatches=4))
+  for micro in (1, 4):
+    jobs.append(_job("train_step", "training step", f"{net}, batch 8x{size}x{size}x3 in "
+                     f"{micro} microbatch{'es' if micro > 1 else ''}, AdamW, masked (a pruned "
+                     f"round), median of {steps}", "train_step",
+                     None if quick else bench_train_step.REFERENCE, train_env, model=big,
+                     masked=True, steps=steps, batch=8, size=size, microbatches=micro))
   steps = 3 if quick else 20
   for masked in (True, False):
     jobs.append(_job(
@@ -177,9 +179,10 @@ def run_job(job: dict, timeout: float) -> dict:
   spec = json.dumps({"fn": job["fn"], "kwargs": job["kwargs"]})
   start = time.perf_counter()
   try:
+    # Every child runs with the XLA flags that every mirl_jax command sets.
+    env = dict(os.environ, XLA_FLAGS=bench_train_step.XLA_FLAGS, **job["env"])
     out = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True,
-                         text=True, check=False, timeout=timeout,
-                         env=dict(os.environ, **job["env"]))
+                         text=True, check=False, timeout=timeout, env=env)
   except subprocess.TimeoutExpired:
     return {"error": f"timed out after {timeout:.0f} s", "wall_s": time.perf_counter() - start}
   wall_s = time.perf_counter() - start

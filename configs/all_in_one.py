@@ -34,6 +34,11 @@ def get_config() -> ml_collections.ConfigDict:
       prompt_sizes=(64, 32, 16),       # spatial size of the learned prompt components
       prompt_length=5,                 # prompt components mixed per block
       noise_level_heads=4,             # heads of the blocks after each prompt
+      dtype="float32",                 # compute dtype; "bfloat16": mixed precision (params,
+                                       # optimizer state and loss stay float32)
+      precision="highest",             # matmul/conv precision: "highest" is float32 on TPUs
+                                       # and GPUs too, as the reference; "default" is faster
+      scan_blocks=True,                # each run of identical blocks compiled once (lax.scan)
   ))
 
   # Data (mirl_jax.datasets, mirl_jax.pipeline).
@@ -60,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
       lr_per_epoch=True,               # False: the same curve evaluated per step
       log_every_steps=50,              # TensorBoard scalars
       checkpoint_every_steps=1000,     # mid-round checkpoints (the newest two kept)
+      microbatches=1,                  # split each device's batch to bound memory (same update)
   ))
 
   # Iterative magnitude pruning.

@@ -199,6 +199,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.prompt_sizes": _ints(3, 1),
     "model.prompt_length": _int_at_least(1),
     "model.noise_level_heads": _int_at_least(1),
+    "model.dtype": _one_of(("float32", "bfloat16")),
+    "model.precision": _one_of(("highest", "high", "default")),
+    "model.scan_blocks": _BOOL,
     "data.demo": _BOOL,
     "data.manual_dir": _STR,
     "data.data_dir": _STR,
@@ -221,6 +224,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.lr_per_epoch": _BOOL,
     "train.log_every_steps": _int_at_least(1),
     "train.checkpoint_every_steps": _int_at_least(1),
+    "train.microbatches": _int_at_least(1),
     "lottery.rounds": _int_at_least(0),
     "lottery.percent": ((lambda v: _number(0.0, 100.0)[0](v) and v > 0), "a number in (0, 100)"),
     "lottery.scope": _one_of(SCOPES),
@@ -272,6 +276,9 @@ def _check_relations(values: dict[str, Any]) -> None:
   if values.get("lottery.rewind") == "late" and values.get("lottery.late_step", 1) < 1:
     raise _bad("lottery.late_step", values["lottery.late_step"],
                ">= 1 with lottery.rewind='late' (the step of round 0 to rewind to)")
+  batch, micro = values.get("data.batch_size"), values.get("train.microbatches")
+  if batch is not None and micro is not None and batch % micro:
+    raise _bad("train.microbatches", micro, f"a divisor of data.batch_size ({batch})")
   tile, overlap = values.get("restore.tile"), values.get("restore.overlap")
   if tile is not None and overlap is not None and not overlap < tile // 2:
     raise _bad("restore.overlap", overlap, f"less than half of restore.tile ({tile})")

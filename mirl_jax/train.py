@@ -60,6 +60,7 @@ def _barrier(name: str) -> None:
 # What a resumed run may change: how it logs, checkpoints, reads and evaluates,
 # and how many rounds it runs. Anything else would mix two experiments.
 _MAY_CHANGE = ("train.log_every_steps", "train.checkpoint_every_steps", "lottery.rounds",
+               "train.microbatches", "model.scan_blocks",
                "data.manual_dir", "data.data_dir", "data.worker_count", "data.read_threads",
                "data.test_sets", "eval.", "restore.", "import_from")
 
@@ -70,9 +71,15 @@ def _flat(tree, prefix=""):
   return {prefix[:-1]: tree}
 
 
+# Keys added since a run may have saved its config, with the value its code had.
+_ADDED = {"model.dtype": "float32", "model.precision": "highest", "model.scan_blocks": True,
+          "train.microbatches": 1}
+
+
 def config_changes(saved: dict, current: dict) -> list[str]:
   """'key: saved -> current' for each key that differs and may not change on resume."""
-  old, new = _flat(saved), _flat(current)
+  old, new = dict(_ADDED), _flat(current)
+  old.update(_flat(saved))
   return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}"
           for k in sorted(set(old) | set(new))
           if old.get(k) != new.get(k) and not k.startswith(_MAY_CHANGE)]
@@ -103,7 +110,8 @@ class Run:
     self.steps_per_round = config.train.epochs * self.steps_per_epoch
     self.checkpoints = checkpointing.TrainCheckpoints(workdir)
     self.tb = reports.TensorBoard(workdir, self.main)
-    self.step_fn = train_step.make_train_step(self.mesh)
+    self.step_fn = train_step.make_train_step(self.mesh,
+                                              microbatches=config.train.get("microbatches", 1))
     self._late = None
     self._lr_tx = None
 
