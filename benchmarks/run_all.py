@@ -180,7 +180,7 @@ def run_job(job: dict, timeout: float) -> dict:
   start = time.perf_counter()
   try:
     # Every child runs with the XLA flags that every mirl_jax command sets.
-    env = dict(os.environ, XLA_FLAGS=bench_train_step.XLA_FLAGS, **job["env"])
+    env = dict(os.environ, **{"XLA_FLAGS": bench_train_step.XLA_FLAGS, **job["env"]})
     out = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True,
                          text=True, check=False, timeout=timeout, env=env)
   except subprocess.TimeoutExpired:
