@@ -3,14 +3,14 @@
 Each measurement runs in a fresh subprocess of this script (`--child`), so its peak RSS
 (ru_maxrss) is its own and a crash (e.g. killed for lack of memory) is a failed row rather
 than the end of the run. The measuring is the bench_*.py scripts' own functions. The PyTorch
-reference figures were measured on this same 2-core, 24 GiB machine.
+reference (../shared/reference/network.py, bench_reference.py) is timed in the same run, right
+after the figure it is compared with; `--no-reference` skips it where torch or einops are missing.
 
-The full run takes about 15 minutes, two thirds of it the default network's training step
-(4 microbatches: without them the step runs out of memory in 24 GiB). `--quick` uses the demo's
-tiny network everywhere and few repeats, to check this script in a few minutes (mostly three
-compiles of the tiny training step); its figures are not comparable with the reference's.
+The full run takes about 15 minutes, half of it the default network's training step. `--quick`
+uses the demo's tiny network everywhere, few repeats and no reference, to check this script in a
+few minutes (mostly compiles of the tiny training step).
 
-    python benchmarks/run_all.py --out benchmarks/results [--only NAME ...] [--quick]
+    python benchmarks/run_all.py --out benchmarks/results [--only NAME ...] [--quick] [--no-reference]
 """
 
 import argparse
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import bench_forward
+import bench_reference
 import bench_restore
 import bench_train_step
 
@@ -109,6 +110,8 @@ CHILDREN = {
     "prune": lambda model, repeats: bench_train_step.run_prune(repeats, _model(model)),
     "pipeline": _pipeline,
     "checkpoint": _checkpoint,
+    "ref_forward": bench_reference.forward,
+    "ref_train_step": bench_reference.train_step,
 }
 
 
@@ -135,7 +138,8 @@ def plan(quick: bool) -> list[dict]:
   reps = 2 if quick else 5
   train_env = {"XLA_FLAGS": bench_train_step.XLA_FLAGS}
   jobs = [_job("forward", "forward", f"{net}, 1x{s}x{s}x3, median of {reps}", "forward",
-               None if quick else bench_forward.REFERENCE[s], model=big, size=s, repeats=reps)
+               None if quick else dict(fn="ref_forward", kwargs=dict(size=s, repeats=reps)),
+               model=big, size=s, repeats=reps)
           for s in ((32, 64) if quick else (128, 256))]
   for name in ("demo",) if quick else ("demo", "default"):
     height, width = (64, 96) if quick else bench_restore.SIZES[name]
@@ -148,7 +152,8 @@ def plan(quick: bool) -> list[dict]:
     jobs.append(_job("train_step", "training step", f"{net}, batch 8x{size}x{size}x3 in "
                      f"{micro} microbatch{'es' if micro > 1 else ''}, AdamW, masked (a pruned "
                      f"round), median of {steps}", "train_step",
-                     None if quick else bench_train_step.REFERENCE, train_env, model=big,
+                     None if quick or micro > 1 else dict(fn="ref_train_step", kwargs=dict(
+                         batch=8, size=size, steps=steps)), train_env, model=big,
                      masked=True, steps=steps, batch=8, size=size, microbatches=micro))
   steps = 3 if quick else 20
   for masked in (True, False):
@@ -177,6 +182,7 @@ def plan(quick: bool) -> list[dict]:
 def run_job(job: dict, timeout: float) -> dict:
   """The child's figures plus its wall time, or {'error': ...} if it failed."""
   spec = json.dumps({"fn": job["fn"], "kwargs": job["kwargs"]})
+  job = dict(job, env=job.get("env") or {})
   start = time.perf_counter()
   try:
     # Every child runs with the XLA flags that every mirl_jax command sets.
@@ -228,17 +234,20 @@ def result_text(job: dict, r: dict) -> str:
 
 
 def table(jobs: list[dict], results: list[dict]) -> list[str]:
-  lines = ["| benchmark | setting | result (median) | peak RSS | PyTorch reference | "
+  lines = ["| benchmark | setting | result (median) | peak RSS | PyTorch reference, same run | "
            "ours / reference |", "|---|---|---|---|---|---|"]
   for job, r in zip(jobs, results):
     rss = f"{r['peak_rss_gib']:.2f} GiB" if "peak_rss_gib" in r else "—"
-    ref, ratio = job["reference"], "—"
-    if ref and "error" not in r:
+    ref, ratio = r.get("reference"), "—"
+    if ref and "error" not in r and "error" not in ref:
       time_s = r.get("median_s", r.get("step_s"))
-      ratio = f"{time_s / ref[0]:.2f}x time, {r['peak_rss_gib'] / ref[1]:.2f}x RSS"
-    ref = f"{_s(ref[0])}, {ref[1]:.2f} GiB" if ref else "—"
+      ref_s = ref.get("median_s", ref.get("step_s"))
+      ratio = f"{time_s / ref_s:.2f}x time, {r['peak_rss_gib'] / ref['peak_rss_gib']:.2f}x RSS"
+      ref = f"{_s(ref_s)}, {ref['peak_rss_gib']:.2f} GiB"
+    elif ref:
+      ref = f"**failed**: {ref['error']}".replace("|", "/")
     lines.append(f"| {job['name']} | {job['setting']} | {result_text(job, r)} | {rss} | "
-                 f"{ref} | {ratio} |")
+                 f"{ref or '—'} | {ratio} |")
   return lines
 
 
@@ -271,6 +280,8 @@ def main() -> None:
   parser.add_argument("--only", nargs="+", choices=ITEMS, help="run only these items")
   parser.add_argument("--quick", action="store_true", help="tiny network, few repeats")
   parser.add_argument("--timeout", type=float, default=3600, help="seconds per measurement")
+  parser.add_argument("--no-reference", action="store_true",
+                      help="skip timing the PyTorch reference (no torch or einops here)")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -286,8 +297,16 @@ def main() -> None:
   for i, job in enumerate(jobs, 1):
     print(f"[{i}/{len(jobs)}] {job['name']}: {job['setting']} ...", flush=True)
     results.append(run_job(job, args.timeout))
+    if job["reference"] and not args.no_reference:
+      why = bench_reference.available()
+      results[-1]["reference"] = run_job(dict(job, **job["reference"]), args.timeout) if not \
+          why else {"error": why}
     info["wall_s"] = time.perf_counter() - start
     print(f"    {result_text(job, results[-1])} ({results[-1]['wall_s']:.0f} s)", flush=True)
+    if results[-1].get("reference"):
+      ref = results[-1]["reference"]
+      print(f"    reference: {ref.get('error') or _s(ref.get('median_s', ref.get('step_s')))}",
+            flush=True)
     write(out, info, jobs[:i], results)
   print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
 
