@@ -16,11 +16,10 @@ import tokenize
 from pathlib import Path
 from typing import Any, Callable
 
+from mirl_jax import images, lottery, restore
+
 TASKS = ("denoise", "derain", "dehaze")
-SCOPES = ("global", "layerwise")  # lottery.SCOPES, without importing JAX
-REWIND_MODES = ("init", "late", "random")  # lottery.REWIND_MODES
-RESTORE_FORMATS = ("same", "png", "jpg")
-MULTIPLE = 8  # the network halves the resolution three times
+MULTIPLE = restore.MULTIPLE  # the network halves the resolution three times
 
 
 # ---------------------------------------------------------------- what keys mean
@@ -227,8 +226,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.microbatches": _int_at_least(1),
     "lottery.rounds": _int_at_least(0),
     "lottery.percent": ((lambda v: _number(0.0, 100.0)[0](v) and v > 0), "a number in (0, 100)"),
-    "lottery.scope": _one_of(SCOPES),
-    "lottery.rewind": _one_of(REWIND_MODES),
+    "lottery.scope": _one_of(lottery.SCOPES),
+    "lottery.rewind": _one_of(lottery.REWIND_MODES),
     "lottery.late_step": _int_at_least(0),
     "lottery.keep_trained_prompts": _BOOL,
     "eval.seed": _int_at_least(0),
@@ -243,7 +242,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "restore.overlap": ((lambda v: _is_int(v) and v >= 0 and v % MULTIPLE == 0),
                         f"a multiple of {MULTIPLE}, >= 0"),
     "restore.overwrite": _BOOL,
-    "restore.format": _one_of(RESTORE_FORMATS),
+    "restore.format": _one_of(images.OUTPUT_FORMATS),
     "study.every": _int_at_least(1),
 }
 
