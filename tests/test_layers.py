@@ -80,3 +80,42 @@ def test_pointwise_equals_a_1x1_nn_conv():
                              conv.apply({"params": params}, x), atol=1e-6)
   grad = lambda m: jax.grad(lambda p: jnp.sum(m.apply({"params": p}, x) ** 2))(params)
   assert _relative(grad(module)["kernel"], grad(conv)["kernel"]) <= 1e-5
+
+
+@pytest.mark.parametrize("features,emptied", [(11, False), (3, False), (11, True)])
+def test_pointwise_gradients_equal_autodiffs(features, emptied):
+  """Both ways of contracting the pixels (the narrower operand transposed), and a pruned
+  input channel and output feature."""
+  x, _ = _inputs(5, (2, 6, 4, 7))
+  kernel = jnp.asarray(np.random.default_rng(6).standard_normal((7, features)), jnp.float32)
+  if emptied:
+    x, kernel = x.at[..., 1].set(0.0), kernel.at[:, 2].set(0.0).at[1].set(0.0)
+  weights = jnp.asarray(np.random.default_rng(7).standard_normal((2, 6, 4, features)),
+                        jnp.float32)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.tanh(f(x, k)) * weights)
+  ours = jax.grad(loss(layers.pointwise), argnums=(0, 1))(x, kernel)
+  auto = jax.grad(loss(lambda x, k: jnp.dot(x, k, precision="highest")), argnums=(0, 1))(
+      x, kernel)
+  for got, want in zip(ours, auto):
+    assert got.shape == want.shape and _relative(got, want) <= 1e-5
+
+
+def test_pointwise_in_bfloat16_returns_float32_kernel_gradients():
+  x, _ = _inputs(8, (2, 4, 4, 6))
+  params = layers.Pointwise(5).init(jax.random.key(0), x)["params"]
+  grads = jax.grad(lambda p: layers.Pointwise(5, dtype=jnp.bfloat16).apply(
+      {"params": p}, x).astype(jnp.float32).sum())(params)
+  assert grads["kernel"].dtype == jnp.float32
+  want = jnp.broadcast_to(x.reshape(-1, 6).sum(0)[:, None], (6, 5))
+  assert _relative(grads["kernel"][0, 0], want) <= 2e-2  # bf16 inputs
+
+
+def test_gelu_is_pytorchs_exact_gelu():
+  torch = pytest.importorskip("torch")
+  x = np.linspace(-9, 9, 1001, dtype=np.float32)
+  value, grad = jax.vmap(jax.value_and_grad(layers.gelu))(jnp.asarray(x))
+  tx = torch.tensor(x, requires_grad=True)
+  t_value = torch.nn.functional.gelu(tx)  # approximate="none": the erf form
+  t_value.sum().backward()
+  np.testing.assert_allclose(value, t_value.detach().numpy(), atol=1e-6)
+  np.testing.assert_allclose(grad, tx.grad.numpy(), atol=1e-6)
