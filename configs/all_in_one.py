@@ -39,6 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
       precision="highest",             # matmul/conv precision: "highest" is float32 on TPUs
                                        # and GPUs too, as the reference; "default" is faster
       scan_blocks=True,                # each run of identical blocks compiled once (lax.scan)
+      remat="blocks",                  # keep only each block's input for the backward and
+                                       # recompute the rest ("none": keep all; slower here)
   ))
 
   # Data (mirl_jax.datasets, mirl_jax.pipeline).

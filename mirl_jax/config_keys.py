@@ -16,7 +16,7 @@ import tokenize
 from pathlib import Path
 from typing import Any, Callable
 
-from mirl_jax import images, lottery, restore
+from mirl_jax import images, lottery, models, restore
 
 TASKS = ("denoise", "derain", "dehaze")
 MULTIPLE = restore.MULTIPLE  # the network halves the resolution three times
@@ -201,6 +201,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dtype": _one_of(("float32", "bfloat16")),
     "model.precision": _one_of(("highest", "high", "default")),
     "model.scan_blocks": _BOOL,
+    "model.remat": _one_of(models.REMAT_MODES),
     "data.demo": _BOOL,
     "data.manual_dir": _STR,
     "data.data_dir": _STR,

@@ -18,6 +18,10 @@ import numpy as np
 from mirl_jax import layers
 from mirl_jax.layers import torch_kernel_init
 
+#: PromptIR.remat: "none" keeps every activation for the backward, "blocks" only
+#: each transformer block's input.
+REMAT_MODES = ("none", "blocks")
+
 
 def torch_bias_init(fan_in: int):
   bound = 1.0 / fan_in ** 0.5
@@ -64,16 +68,28 @@ def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
   return jax.image.resize(x, shape, "bilinear", antialias=False)
 
 
-def l2_normalize(x: jax.Array, axis: int, eps: float = 1e-12) -> jax.Array:
-  """PyTorch's F.normalize, x / max(||x||, eps), with its gradient where x = 0.
+def _norm(x: jax.Array, eps: float) -> jax.Array:
+  """max(||x||, eps) over the pixels of (B, N, heads, C): F.normalize's denominator.
 
-  Pruning can empty a channel, making x = 0 there; the gradient of
-  jnp.linalg.norm at 0 is NaN (0/0) and would poison every gradient.
-  sqrt(max(|x|^2, eps^2)) has the same value and, like the reference,
-  a zero gradient through the clamp.
+  sqrt(max(|x|^2, eps^2)) rather than jnp.linalg.norm: pruning can empty a
+  channel, and the norm's gradient at 0 is NaN (0/0); through the clamp it is
+  0, as in the reference.
   """
-  squared = jnp.sum(x * x, axis=axis, keepdims=True)
-  return x / jnp.sqrt(jnp.maximum(squared, eps * eps))
+  x = x.astype(jnp.float32)
+  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=1), eps * eps))
+
+
+def normalized_gram(q: jax.Array, k: jax.Array, precision: Any = "highest",
+                    eps: float = 1e-12) -> jax.Array:
+  """F.normalize(q) @ F.normalize(k)^T over the pixels, per head: (B, heads, C, D), float32.
+
+  The same function as normalising q and k first, but the norms divide the small
+  C x D product instead of the full (B, N, heads, C) tensors: two passes over
+  the largest activations fewer, forward and backward.
+  """
+  gram = jnp.einsum("bnhc,bnhd->bhcd", q, k, precision=precision,
+                    preferred_element_type=jnp.float32)
+  return gram / (_norm(q, eps)[..., :, None] * _norm(k, eps)[..., None, :])
 
 
 class Attention(nn.Module):
@@ -93,9 +109,7 @@ class Attention(nn.Module):
     # spares XLA two transposes of the largest tensors.
     q, k, v = (t.reshape(b, h * w, self.heads, c // self.heads)
                for t in jnp.split(qkv, 3, axis=-1))
-    q, k = (l2_normalize(t.astype(jnp.float32), axis=1).astype(self.dtype) for t in (q, k))
-    attn = jnp.einsum("bnhc,bnhd->bhcd", q, k, precision=self.precision,
-                      preferred_element_type=jnp.float32) * temperature[:, None, None]
+    attn = normalized_gram(q, k, self.precision) * temperature[:, None, None]
     attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
     out = jnp.einsum("bhcd,bnhd->bnhc", attn, v, precision=self.precision).reshape(b, h, w, c)
     return conv(self.dim, 1, "project_out", self.dtype, self.precision)(out)
@@ -114,7 +128,7 @@ class FeedForward(nn.Module):
     x = conv(2 * hidden, 1, "project_in", self.dtype, self.precision)(x)
     x = layers.Depthwise3x3(2 * hidden, dtype=self.dtype, name="dwconv")(x)
     x1, x2 = jnp.split(x, 2, axis=-1)
-    x = nn.gelu(x1, approximate=False) * x2
+    x = layers.gelu(x1) * x2
     return conv(self.dim, 1, "project_out", self.dtype, self.precision)(x)
 
 
@@ -168,6 +182,9 @@ class PromptIR(nn.Module):
   `scan_blocks` runs each run of identical transformer blocks as one
   `lax.scan` over their stacked params: the same arithmetic, compiled once
   per run instead of once per block (params keep their per-block names).
+  `remat="blocks"` keeps only each transformer block's input for the
+  backward pass and recomputes the rest (`jax.checkpoint`): a training step's
+  activations shrink to a fraction for one more forward; no effect on a forward.
   """
   dim: int = 48
   num_blocks: Sequence[int] = (4, 6, 6, 8)
@@ -182,10 +199,18 @@ class PromptIR(nn.Module):
   dtype: str = "float32"
   precision: str = "highest"
   scan_blocks: bool = True
+  remat: str = "blocks"
 
-  def _block(self, dim, heads, name=None):
-    return TransformerBlock(dim, heads, self.ffn_expansion_factor, jnp.dtype(self.dtype),
-                            self.precision, name=name)
+  def __post_init__(self):
+    if self.remat not in REMAT_MODES:
+      raise ValueError(f"PromptIR remat={self.remat!r}: expected one of {REMAT_MODES}")
+    super().__post_init__()
+
+  def _block(self, dim, heads, name=None, remat=None):
+    remat = self.remat == "blocks" if remat is None else remat
+    cls = nn.remat(TransformerBlock) if remat else TransformerBlock
+    return cls(dim, heads, self.ffn_expansion_factor, jnp.dtype(self.dtype), self.precision,
+               name=name)
 
   def _blocks(self, x, names, dim, heads):
     """The blocks `names` in turn; one scan when there are several and params exist."""
@@ -196,8 +221,11 @@ class PromptIR(nn.Module):
       return x
     params = self.variables["params"]
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[params[n] for n in names])
-    template = self._block(dim, heads, name=None).clone(parent=None)  # applied to each in turn
-    x, _ = jax.lax.scan(lambda h, p: (template.apply({"params": p}, h), None), x, stacked)
+    template = self._block(dim, heads, remat=False).clone(parent=None)  # applied to each in turn
+    body = lambda h, p: (template.apply({"params": p}, h), None)
+    if self.remat == "blocks":
+      body = jax.checkpoint(body, prevent_cse=False)
+    x, _ = jax.lax.scan(body, x, stacked)
     return x
 
   def _prompted(self, x, level, lin_dim, out_dim):
@@ -207,8 +235,7 @@ class PromptIR(nn.Module):
     prompt = PromptBlock(p_dim, self.prompt_length, p_size, lin_dim, dtype, self.precision,
                          name=f"prompt{level}")(x)
     x = jnp.concatenate([x, prompt], axis=-1)
-    x = TransformerBlock(lin_dim + p_dim, self.noise_level_heads, self.ffn_expansion_factor,
-                         dtype, self.precision, name=f"noise_level{level}")(x)
+    x = self._block(lin_dim + p_dim, self.noise_level_heads, name=f"noise_level{level}")(x)
     return conv(out_dim, 1, f"reduce_noise_level{level}", dtype, self.precision)(x)
 
   @nn.compact

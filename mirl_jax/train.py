@@ -60,7 +60,7 @@ def _barrier(name: str) -> None:
 # What a resumed run may change: how it logs, checkpoints, reads and evaluates,
 # and how many rounds it runs. Anything else would mix two experiments.
 _MAY_CHANGE = ("train.log_every_steps", "train.checkpoint_every_steps", "lottery.rounds",
-               "train.microbatches", "model.scan_blocks",
+               "train.microbatches", "model.scan_blocks", "model.remat",
                "data.manual_dir", "data.data_dir", "data.worker_count", "data.read_threads",
                "data.test_sets", "eval.", "restore.", "import_from")
 
@@ -73,7 +73,7 @@ def _flat(tree, prefix=""):
 
 # Keys added since a run may have saved its config, with the value its code had.
 _ADDED = {"model.dtype": "float32", "model.precision": "highest", "model.scan_blocks": True,
-          "train.microbatches": 1}
+          "model.remat": "none", "train.microbatches": 1}
 
 
 def config_changes(saved: dict, current: dict) -> list[str]:

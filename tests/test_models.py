@@ -139,20 +139,24 @@ def test_tiny_variant_runs_and_rejects_bad_shapes():
     model.apply({"params": params}, jnp.zeros((1, 30, 24, 3)))
 
 
-def test_l2_normalize_has_pytorchs_value_and_gradient_at_zero():
+def test_normalized_gram_has_pytorchs_value_and_gradients_at_zero():
   torch = pytest.importorskip("torch")
   rng = np.random.default_rng(0)
-  x = rng.standard_normal((2, 5, 3)).astype(np.float32)
-  x[:, :, 1] = 0  # an emptied channel
-  x[0, :, 2] *= 1e-14  # below eps
-  weights = rng.standard_normal(x.shape).astype(np.float32)
-  value, grad = jax.value_and_grad(
-      lambda x: jnp.sum(models.l2_normalize(x, axis=1) * weights))(jnp.asarray(x))
-  tx = torch.tensor(x, requires_grad=True)
-  t_value = (torch.nn.functional.normalize(tx, dim=1, eps=1e-12) * torch.tensor(weights)).sum()
+  q, k = (rng.standard_normal((2, 5, 2, 3)).astype(np.float32) for _ in "qk")
+  q[:, :, 0, 1] = 0  # an emptied channel
+  k[0, :, 1, 2] *= 1e-14  # below eps
+  weights = rng.standard_normal((2, 2, 3, 3)).astype(np.float32)
+  value, grads = jax.value_and_grad(
+      lambda q, k: jnp.sum(models.normalized_gram(q, k) * weights), argnums=(0, 1))(
+          jnp.asarray(q), jnp.asarray(k))
+  tq, tk = (torch.tensor(a, requires_grad=True) for a in (q, k))
+  normalize = lambda t: torch.nn.functional.normalize(t, dim=1, eps=1e-12)
+  t_gram = torch.einsum("bnhc,bnhd->bhcd", normalize(tq), normalize(tk))
+  t_value = (t_gram * torch.tensor(weights)).sum()
   t_value.backward()
-  np.testing.assert_allclose(value, t_value.item(), rtol=1e-6)
-  np.testing.assert_allclose(grad, tx.grad.numpy(), rtol=1e-5, atol=1e-6 * np.abs(grad).max())
+  np.testing.assert_allclose(value, t_value.item(), rtol=1e-5)
+  for grad, t in zip(grads, (tq, tk)):
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-5, atol=1e-6 * np.abs(grad).max())
 
 
 def test_a_channel_pruned_to_nothing_keeps_gradients_finite():
@@ -180,6 +184,25 @@ def test_scanned_blocks_compute_what_unrolled_blocks_do():
   assert abs(float(a) - float(b)) <= 1e-6
   for got, want in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
     assert float(jnp.abs(got - want).max()) <= 1e-5 * float(jnp.abs(want).max()) + 1e-9
+
+
+@pytest.mark.parametrize("scan_blocks", [True, False])
+def test_remat_changes_memory_not_gradients(scan_blocks):
+  config = dict(TINY, num_blocks=(2, 1, 1, 2), heads=(1, 1, 1, 1), noise_level_heads=1,
+                scan_blocks=scan_blocks)
+  kept, rematted = models.PromptIR(**config, remat="none"), models.PromptIR(**config)
+  assert rematted.remat == "blocks"  # the default
+  params = models.init_params(kept, jax.random.key(2))
+  x = jnp.asarray(np.random.default_rng(2).random((2, 16, 16, 3), np.float32))
+
+  def loss(model):
+    return lambda p: jnp.mean(jnp.abs(model.apply({"params": p}, x) - x))
+  (a, ga), (b, gb) = (jax.jit(jax.value_and_grad(loss(m)))(params) for m in (kept, rematted))
+  assert abs(float(a) - float(b)) <= 1e-6
+  for got, want in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):
+    assert float(jnp.abs(got - want).max()) <= 1e-5 * float(jnp.abs(want).max()) + 1e-9
+  with pytest.raises(ValueError, match="remat='all'"):
+    models.PromptIR(remat="all")
 
 
 def test_bfloat16_compute_stays_within_bfloat16_of_the_reference(reference, reference_ticket):
