@@ -16,7 +16,6 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from mirl_jax import checkpointing
 from mirl_jax import masks as masks_lib
 from mirl_jax import models
 
@@ -123,6 +122,7 @@ def params_from_torch(state_dict: Mapping[str, Any], model: models.PromptIR | No
     leaves.append(array)
   wrong = [w for _, w in sorted(wrong)]
   if missing or unexpected or wrong:
+    from mirl_jax import checkpointing  # pylint: disable=import-outside-toplevel  (needs grain)
     raise ValueError("The state_dict does not match PromptIR: "
                      + checkpointing.describe_mismatch(missing, unexpected, wrong)
                      + "; is --config the one the checkpoint was made with?")
@@ -230,6 +230,7 @@ def load_state_dict(path: str) -> dict[str, Any]:
 
 def import_checkpoint(path: str, workdir: str, model: models.PromptIR) -> dict:
   """Converts `path` into ticket 0 of an empty `workdir`; returns its counts."""
+  from mirl_jax import checkpointing  # pylint: disable=import-outside-toplevel
   existing = checkpointing.ticket_indices(workdir)
   if existing:
     raise ValueError(f"{workdir} already holds tickets {existing}; import into an "
