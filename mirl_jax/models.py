@@ -133,6 +133,8 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
+  """Pre-norm attention and feed-forward; the residual sum stays float32 whatever the
+  compute dtype, so that bfloat16 rounding does not pile up along the blocks."""
   dim: int
   heads: int
   expansion: float
@@ -143,8 +145,9 @@ class TransformerBlock(nn.Module):
   def __call__(self, x):
     attn = Attention(self.dim, self.heads, self.dtype, self.precision, name="attn")
     ffn = FeedForward(self.dim, self.expansion, self.dtype, self.precision, name="ffn")
-    x = x + attn(layer_norm("norm1", self.dtype)(x))
-    return x + ffn(layer_norm("norm2", self.dtype)(x))
+    x = x.astype(jnp.float32)
+    x = x + attn(layer_norm("norm1", self.dtype)(x)).astype(jnp.float32)
+    return x + ffn(layer_norm("norm2", self.dtype)(x)).astype(jnp.float32)
 
 
 class PromptBlock(nn.Module):
@@ -215,6 +218,7 @@ class PromptIR(nn.Module):
   def _blocks(self, x, names, dim, heads):
     """The blocks `names` in turn; one scan when there are several and params exist."""
     blocks = [self._block(dim, heads, name) for name in names]
+    x = x.astype(jnp.float32)  # the scan's carry: what each block returns
     if len(names) < 2 or not self.scan_blocks or self.is_initializing():
       for block in blocks:
         x = block(x)

@@ -69,3 +69,20 @@ def test_an_interrupted_run_resumes_to_the_same_tickets(finished, tmp_path, monk
     got = checkpointing.restore_ticket(str(tmp_path), index)
     for a, b in zip(jax.tree.leaves(want[:2]), jax.tree.leaves(got[:2])):
       np.testing.assert_array_equal(a, b)
+
+
+def test_a_demo_round_in_bfloat16_ends_within_0_3_db_of_float32(tmp_path):
+  """Mixed precision (bf16 compute, float32 params, optimizer state and loss) trains as well."""
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  flags.FLAGS.mark_as_parsed()
+  psnr = {}
+  for dtype in ("float32", "bfloat16"):
+    config = demo.get_config()
+    config.model.dtype = dtype
+    config.lottery.rounds = 0  # the dense round only
+    train.train_and_evaluate(config, str(tmp_path / dtype))
+    entry = json.loads((tmp_path / dtype / "summary.json").read_text())[0]
+    psnr[dtype] = np.mean([m["psnr"] for m in entry["results"].values()])
+    input_psnr = np.mean([m["input_psnr"] for m in entry["results"].values()])
+    assert psnr[dtype] > input_psnr, (dtype, psnr[dtype], input_psnr)
+  assert abs(psnr["bfloat16"] - psnr["float32"]) <= 0.3, psnr
