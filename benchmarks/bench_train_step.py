@@ -5,12 +5,13 @@ own. Reported: compile time, median step time, peak RSS of a masked step (a
 pruned round) and of an unmasked one (round 0), the masking share of the step
 as their difference, and the median time of a global pruning round over the
 full network (33M prunable weights, all alive: the slowest round). Params come
-from models.init_params (PyTorch's scales).
-Reference (PyTorch, 2 threads, same machine): 18.4 s per step, 7.8 GiB peak RSS.
+from models.init_params (PyTorch's scales). The PyTorch reference's step, timed
+in the same run, is in benchmarks/run_all.py (or benchmarks/bench_reference.py).
 
 Children run with the XLA flags every mirl_jax command sets (--xla_flags to change).
 
     python benchmarks/bench_train_step.py [--steps 5] [--batch 8] [--size 64] [--microbatches 1]
+        [--remat none|blocks] [--dtype float32|bfloat16]
 """
 
 import argparse
@@ -24,8 +25,6 @@ import time
 
 import numpy as np
 
-#: PyTorch on this machine: seconds per step, peak RSS in GiB.
-REFERENCE = (18.4, 7.8)
 #: The children's XLA_FLAGS unless --xla_flags says otherwise: those every command sets
 #: (mirl_jax.runtime.XLA_CPU_FLAGS).
 XLA_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false "
@@ -58,6 +57,7 @@ def run_step(masked: bool, steps: int, batch: int, size: int, microbatches: int,
   t = time.perf_counter()
   compiled = step.lower(state, masks, x, y).compile()
   compile_s = time.perf_counter() - t
+  ts.release_freed_memory()  # as train_step.run_steps does after its first step
   temp_gib = compiled.memory_analysis().temp_size_in_bytes / 2**30
   times = []
   for _ in range(steps + 1):  # the first run also pays allocation warm-up
@@ -89,7 +89,7 @@ def _child(kind: str, args) -> dict | None:
   """The child's figures, or None if it died (e.g. killed for lack of memory)."""
   cmd = [sys.executable, __file__, "--child", kind, "--steps", str(args.steps),
          "--batch", str(args.batch), "--size", str(args.size),
-         "--microbatches", str(args.microbatches)]
+         "--microbatches", str(args.microbatches), "--remat", args.remat, "--dtype", args.dtype]
   env = dict(os.environ, XLA_FLAGS=args.xla_flags)
   out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
   if out.returncode:
@@ -106,6 +106,8 @@ def main():
   parser.add_argument("--size", type=int, default=64)
   parser.add_argument("--microbatches", type=int, default=1,
                       help="split the batch to bound activation memory")
+  parser.add_argument("--remat", default="none", help="PromptIR's remat (model.remat)")
+  parser.add_argument("--dtype", default="float32", help="PromptIR's compute dtype (model.dtype)")
   parser.add_argument("--xla_flags", default=XLA_FLAGS)
   parser.add_argument("--only", choices=("masked", "dense", "prune"), action="append",
                       help="run only these configurations (repeatable)")
@@ -115,23 +117,21 @@ def main():
     print(json.dumps(run_prune(5)))
     return
   if args.child:
+    from mirl_jax.models import PromptIR  # pylint: disable=import-outside-toplevel
     print(json.dumps(run_step(args.child == "masked", args.steps, args.batch, args.size,
-                              args.microbatches)))
+                              args.microbatches, PromptIR(remat=args.remat, dtype=args.dtype))))
     return
   shape = f"{args.batch}x{args.size}x{args.size}x3"
   kinds = args.only or ["masked", "dense", "prune"]
   res = {k: _child(k, args) for k in kinds}
-  print(f"PromptIR (default) training step, batch {shape} in {args.microbatches} "
-        f"microbatch(es), CPU, median of {args.steps}, "
+  print(f"PromptIR (default, remat={args.remat}, {args.dtype}) training step, batch {shape} "
+        f"in {args.microbatches} microbatch(es), CPU, median of {args.steps}, "
         f"XLA_FLAGS={args.xla_flags!r}:")
-  ref_s, ref_gib = REFERENCE
   for name, key in (("masked (rounds >= 1)", "masked"), ("unmasked (round 0)", "dense")):
     r = res.get(key)
     if r:
       print(f"  {name:22} step {r['step_s']:6.2f} s   compile {r['compile_s']:6.1f} s   "
-            f"peak RSS {r['peak_rss_gib']:5.2f} GiB (XLA temp {r['temp_gib']:.2f} GiB)   "
-            f"vs PyTorch {ref_s} s / {ref_gib} GiB: {r['step_s'] / ref_s:.2f}x time, "
-            f"{r['peak_rss_gib'] / ref_gib:.2f}x memory")
+            f"peak RSS {r['peak_rss_gib']:5.2f} GiB (XLA temp {r['temp_gib']:.2f} GiB)")
   if res.get("masked") and res.get("dense"):
     share = (res["masked"]["step_s"] - res["dense"]["step_s"]) / res["masked"]["step_s"]
     print(f"  masking share of the step: {100 * share:.1f}% (masked - unmasked)")

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mirl_jax import images
+from mirl_jax import images, train_step
 
 MULTIPLE = 8
 
@@ -115,7 +115,15 @@ def _jitted_apply(model):
 def make_forward(model, params) -> Callable[[np.ndarray], np.ndarray]:
   params = jax.device_put(params)
   apply = _jitted_apply(model)
-  return lambda x: apply(params, x)
+  shapes = set()
+
+  def forward(x):
+    out = apply(params, x)
+    if x.shape not in shapes:  # compiled just now: return the compiler's heap to the OS
+      shapes.add(x.shape)
+      train_step.release_freed_memory()
+    return out
+  return forward
 
 
 class Job(NamedTuple):
