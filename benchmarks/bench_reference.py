@@ -11,6 +11,7 @@ and einops (`pip install -e ".[bench]"`); PyTorch uses all cores, as its default
 """
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import resource
@@ -55,23 +56,25 @@ def forward(size: int, repeats: int) -> dict:
   return {"median_s": statistics.median(times[1:]), "peak_rss_gib": _rss_gib()}
 
 
-def train_step(batch: int, size: int, steps: int) -> dict:
-  """Median seconds of a masked training step (a pruned round, 20% of weights pruned)."""
+def masked_step(net, x, y, autocast=contextlib.nullcontext):
+  """run() -> loss: one step of `net` as the reference's pruned rounds run it, on any device.
+
+  L1 loss (under `autocast`, e.g. torch.autocast for bf16), AdamW (lr 2e-4, decay
+  0.01), gradients of pruned weights zeroed, weights re-masked after the step.
+  """
   import torch  # pylint: disable=import-outside-toplevel
-  torch.manual_seed(0)
-  net = _network().train()
+  net.train()
   weights = [p for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1]
   masks = []
   for p in weights:  # 20% of each tensor's smallest weights: what a step costs does not depend
     keep = p.detach().abs() >= p.detach().abs().flatten().kthvalue(max(1, p.numel() // 5))[0]
     masks.append(keep.float())  # on which weights are pruned
   optimizer = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=0.01)
-  x, y = torch.rand(batch, 3, size, size), torch.rand(batch, 3, size, size)
-  times = []
-  for _ in range(steps + 1):
-    start = time.perf_counter()
+
+  def run():
     optimizer.zero_grad()
-    loss = torch.nn.functional.l1_loss(net(x), y)
+    with autocast():
+      loss = torch.nn.functional.l1_loss(net(x), y)
     loss.backward()
     for p, m in zip(weights, masks):
       if p.grad is not None:  # the six convs the network defines and never uses
@@ -80,6 +83,20 @@ def train_step(batch: int, size: int, steps: int) -> dict:
     with torch.no_grad():
       for p, m in zip(weights, masks):
         p.mul_(m)
+    return loss
+  return run
+
+
+def train_step(batch: int, size: int, steps: int) -> dict:
+  """Median seconds of a masked training step (a pruned round, 20% of weights pruned)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  net = _network()
+  run = masked_step(net, torch.rand(batch, 3, size, size), torch.rand(batch, 3, size, size))
+  times = []
+  for _ in range(steps + 1):
+    start = time.perf_counter()
+    loss = run()
     times.append(time.perf_counter() - start)
   return {"step_s": statistics.median(times[1:]), "peak_rss_gib": _rss_gib(),
           "loss": float(loss.detach())}
