@@ -33,22 +33,24 @@ import bench_forward
 import bench_reference
 import bench_restore
 import bench_train_step
+import profile_step
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for `configs`; this folder (bench_*) is already on the path
 
 ITEMS = ("forward", "restore", "train_step", "demo_train_step", "pipeline", "prune",
-         "checkpoint_sizes")
+         "checkpoint_sizes", "profile")
 TICKET_FRACTION = 0.10  # non-zero share of ALL params in the sparse checkpoint
 
 
-def _model(name: str):
-  """'default': PromptIR's defaults (the reference's network); 'demo': configs/demo.py's."""
+def _model(name: str, **overrides):
+  """'default': PromptIR's defaults (the reference's network); 'demo': configs/demo.py's;
+  `overrides` change attributes (e.g. dtype, remat)."""
   from mirl_jax import models  # pylint: disable=import-outside-toplevel
   if name == "default":
-    return models.PromptIR()
+    return models.PromptIR(**overrides)
   from configs import demo  # pylint: disable=import-outside-toplevel
-  return models.PromptIR(**demo.get_config().model)
+  return models.PromptIR(**dict(demo.get_config().model, **overrides))
 
 
 # ------------------------------------------------------------------------------ child side
@@ -103,10 +105,21 @@ def _checkpoint(model: str, fraction: float | None) -> dict:
           "nonzero": counts["nonzero"], "save_s": save_s, "restores_exactly": exact}
 
 
+def _profile(tiny: bool) -> dict:
+  """profile_step's tables for the default (or tiny) network's step and forward."""
+  results = profile_step.main(["--tiny", "--batch", "2", "--size", "32", "--forward-size", "32"]
+                              if tiny else [])
+  return {"markdown": "\n\n".join(profile_step.table(r) for r in results),
+          "profiles": results}
+
+
 CHILDREN = {
-    "forward": lambda model, size, repeats: bench_forward.measure(size, repeats, _model(model)),
+    "forward": lambda model, size, repeats, overrides: bench_forward.measure(
+        size, repeats, _model(model, **overrides)),
     "restore": lambda model, **kw: bench_restore.measure(_model(model), **kw),
-    "train_step": lambda model, **kw: bench_train_step.run_step(model=_model(model), **kw),
+    "train_step": lambda model, overrides, **kw: bench_train_step.run_step(
+        model=_model(model, **overrides), **kw),
+    "profile": _profile,
     "prune": lambda model, repeats: bench_train_step.run_prune(repeats, _model(model)),
     "pipeline": _pipeline,
     "checkpoint": _checkpoint,
@@ -137,10 +150,14 @@ def plan(quick: bool) -> list[dict]:
   big, net = ("demo", "demo network") if quick else ("default", "default network")
   reps = 2 if quick else 5
   train_env = {"XLA_FLAGS": bench_train_step.XLA_FLAGS}
+  sizes = (32, 64) if quick else (128, 256)
   jobs = [_job("forward", "forward", f"{net}, 1x{s}x{s}x3, median of {reps}", "forward",
                None if quick else dict(fn="ref_forward", kwargs=dict(size=s, repeats=reps)),
-               model=big, size=s, repeats=reps)
-          for s in ((32, 64) if quick else (128, 256))]
+               model=big, size=s, repeats=reps, overrides={})
+          for s in sizes]
+  jobs.append(_job("forward", "forward, bfloat16", f"{net} with dtype bfloat16, "
+                   f"1x{sizes[-1]}x{sizes[-1]}x3, median of {reps}", "forward", model=big,
+                   size=sizes[-1], repeats=reps, overrides={"dtype": "bfloat16"}))
   for name in ("demo",) if quick else ("demo", "default"):
     height, width = (64, 96) if quick else bench_restore.SIZES[name]
     tile, overlap = (32, 8) if quick else (512, 32)
@@ -148,20 +165,23 @@ def plan(quick: bool) -> list[dict]:
                      f"tiles {tile} (overlap {overlap}), median of 2", "restore", model=name,
                      size=[height, width], tile=tile, overlap=overlap, repeats=2))
   steps, size = (2, 32) if quick else (3, 64)
-  for micro in (1, 4):
-    jobs.append(_job("train_step", "training step", f"{net}, batch 8x{size}x{size}x3 in "
-                     f"{micro} microbatch{'es' if micro > 1 else ''}, AdamW, masked (a pruned "
+  for what, overrides in (("remat blocks, float32 (the defaults)", {}),
+                          ("remat none", {"remat": "none"}), ("bfloat16", {"dtype": "bfloat16"})):
+    jobs.append(_job("train_step", "training step" + ", bfloat16" * ("dtype" in overrides),
+                     f"{net} ({what}), batch 8x{size}x{size}x3, AdamW, masked (a pruned "
                      f"round), median of {steps}", "train_step",
-                     None if quick or micro > 1 else dict(fn="ref_train_step", kwargs=dict(
+                     None if quick or overrides else dict(fn="ref_train_step", kwargs=dict(
                          batch=8, size=size, steps=steps)), train_env, model=big,
-                     masked=True, steps=steps, batch=8, size=size, microbatches=micro))
+                     masked=True, steps=steps, batch=8, size=size, microbatches=1,
+                     overrides=overrides))
   steps = 3 if quick else 20
   for masked in (True, False):
     jobs.append(_job(
         "demo_train_step", f"training step, {'masked' if masked else 'dense'}",
         f"demo network, batch {data.batch_size}x{data.patch_size}x{data.patch_size}x3, AdamW, "
         f"median of {steps}", "train_step", None, train_env, model="demo", masked=masked,
-        steps=steps, batch=data.batch_size, size=data.patch_size, microbatches=1))
+        steps=steps, batch=data.batch_size, size=data.patch_size, microbatches=1,
+        overrides={}))
   windows, window_batches = (1, 10) if quick else (3, 100)
   for workers in (0, 2):
     jobs.append(_job("pipeline", "input pipeline",
@@ -176,6 +196,8 @@ def plan(quick: bool) -> list[dict]:
     what = "all masks True" if fraction is None else f"{fraction:.0%} of all params non-zero"
     jobs.append(_job("checkpoint_sizes", "checkpoint on disk", f"{net}, {what}", "checkpoint",
                      model=big, fraction=fraction))
+  jobs.append(_job("profile", "profile", f"{net}: where the training step's and the forward's "
+                   "time and memory go (tables below)", "profile", tiny=quick))
   return jobs
 
 
@@ -227,6 +249,9 @@ def result_text(job: dict, r: dict) -> str:
             f"{_s(r['compile_s'])})")
   if fn == "pipeline":
     return f"{r['patches_per_s']:.0f} patches/s"
+  if fn == "profile":
+    return "; ".join(f"{p['name']}: {p['wall_s']:.2f} s traced, compile {p['compile_s']:.1f} s"
+                     for p in r["profiles"])
   share = r["bytes"] / r["dense_float32_bytes"]
   return (f"{_mib(r['bytes'])} = {share:.1%} of dense float32 ({_mib(r['dense_float32_bytes'])}),"
           f" {r['nonzero'] / r['params']:.1%} non-zero; "
@@ -271,7 +296,9 @@ def write(out: Path, info: dict, jobs: list[dict], results: list[dict]) -> None:
     header += "\n\n`--quick`: the demo's tiny network everywhere; not comparable with the reference."
   items = [dict(job, result=r) for job, r in zip(jobs, results)]
   (out / "results.json").write_text(json.dumps(dict(info, items=items), indent=1) + "\n")
-  (out / "results.md").write_text("\n".join([header, ""] + table(jobs, results)) + "\n")
+  profiles = [r["markdown"] for r in results if "markdown" in r]
+  (out / "results.md").write_text("\n".join([header, ""] + table(jobs, results) + [
+      "", "## Profile (benchmarks/profile_step.py)", ""] * bool(profiles) + profiles) + "\n")
 
 
 def main() -> None:
