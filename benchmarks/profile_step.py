@@ -179,7 +179,8 @@ def table(result: dict) -> str:
            "", "| kind of op | op time | share | at peak | share | kernels |",
            "|---|---|---|---|---|---|"]
   for kind, r in sorted(rows.items(), key=lambda kv: -kv[1]["seconds"]):
-    lines.append(f"| {kind} | {r['seconds']:.2f} s | {100 * r['seconds'] / max(total_s, 1e-9):.0f}% "
+    share = 100 * r["seconds"] / max(total_s, 1e-9)
+    lines.append(f"| {kind} | {r['seconds']:.2f} s | {share:.0f}% "
                  f"| {r['peak_bytes'] / 2**20:.0f} MiB "
                  f"| {100 * r['peak_bytes'] / max(total_b, 1):.0f}% | {r['kernels']} |")
   return "\n".join(lines)
@@ -197,7 +198,8 @@ def top_ops(result: dict, n: int) -> str:
 
 
 def _setup(model, batch: int, size: int, masked: bool = True):
-  from mirl_jax import lottery, masks as masks_lib, models, train_step as ts  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from mirl_jax import lottery, masks as masks_lib, models, train_step as ts
   params = models.init_params(model, jax.random.key(0))
   masks = lottery.prune(params, masks_lib.dense_masks(params), 20) if masked else None
   mesh = ts.make_mesh(jax.devices()[:1])

@@ -9,9 +9,9 @@ form. So: `Pointwise` is a matmul, `Depthwise3x3` is shifted products, both
 with hand-written VJPs: autodiff of the matmul lets XLA transpose the wide
 output gradient for the kernel's gradient (and fuse that strided write into
 whatever produced it, the depthwise backward: the slowest op of a step), where
-transposing the narrower operand is enough. Both keep the parameter names and layouts of `nn.Conv`
-((1, 1, in, out) and (3, 3, 1, C) kernels) so checkpoints and masks are
-unchanged, and both take the model's compute dtype and matmul precision.
+transposing the narrower operand is enough. Both keep the parameter names and
+layouts of `nn.Conv` ((1, 1, in, out) and (3, 3, 1, C) kernels) so checkpoints
+and masks are unchanged, and both take the model's compute dtype and precision.
 """
 
 import functools
