@@ -35,6 +35,21 @@ def _peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def setup(model, batch: int, size: int, masked: bool = True) -> tuple:
+  """(mesh, state, masks, x, y) of a one-device step: PyTorch-scaled init params, 20% of
+  them pruned if `masked` (else masks None: round 0), random images."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from mirl_jax import lottery, masks as masks_lib, models, train_step as ts  # pylint: disable=import-outside-toplevel
+
+  params = models.init_params(model, jax.random.key(0))
+  masks = lottery.prune(params, masks_lib.dense_masks(params), 20) if masked else None
+  mesh = ts.make_mesh(jax.devices()[:1])
+  state = ts.replicate(mesh, ts.create_train_state(model, params, ts.make_optimizer(2e-4)))
+  rng = np.random.default_rng(0)
+  x, y = (ts.shard_batch(mesh, rng.random((batch, size, size, 3), np.float32)) for _ in "xy")
+  return mesh, state, ts.replicate(mesh, masks), x, y
+
+
 def run_step(masked: bool, steps: int, batch: int, size: int, microbatches: int,
              model=None) -> dict:
   """One configuration, in this process: compile, then `steps` timed steps.
@@ -42,17 +57,10 @@ def run_step(masked: bool, steps: int, batch: int, size: int, microbatches: int,
   `model` defaults to the default PromptIR (the reference's network).
   """
   import jax  # pylint: disable=import-outside-toplevel
-  from mirl_jax import lottery, masks as masks_lib, models, train_step as ts  # pylint: disable=import-outside-toplevel
+  from mirl_jax import train_step as ts  # pylint: disable=import-outside-toplevel
   from mirl_jax.models import PromptIR  # pylint: disable=import-outside-toplevel
 
-  model, rng = PromptIR() if model is None else model, np.random.default_rng(0)
-  params = models.init_params(model, jax.random.key(0))
-  masks = lottery.prune(params, masks_lib.dense_masks(params), 20) if masked else None
-  mesh = ts.make_mesh(jax.devices()[:1])
-  state = ts.replicate(mesh, ts.create_train_state(model, params, ts.make_optimizer(2e-4)))
-  masks = ts.replicate(mesh, masks)
-  x = ts.shard_batch(mesh, rng.random((batch, size, size, 3), np.float32))
-  y = ts.shard_batch(mesh, rng.random((batch, size, size, 3), np.float32))
+  mesh, state, masks, x, y = setup(PromptIR() if model is None else model, batch, size, masked)
   step = ts.make_train_step(mesh, microbatches=microbatches)
   t = time.perf_counter()
   compiled = step.lower(state, masks, x, y).compile()

@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mirl_jax import runtime  # pylint: disable=wrong-import-position,unused-import  (XLA flags)
 
+import bench_train_step  # pylint: disable=wrong-import-position
+
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
@@ -197,18 +199,6 @@ def top_ops(result: dict, n: int) -> str:
   return "\n".join(lines)
 
 
-def _setup(model, batch: int, size: int, masked: bool = True):
-  # pylint: disable-next=import-outside-toplevel
-  from mirl_jax import lottery, masks as masks_lib, models, train_step as ts
-  params = models.init_params(model, jax.random.key(0))
-  masks = lottery.prune(params, masks_lib.dense_masks(params), 20) if masked else None
-  mesh = ts.make_mesh(jax.devices()[:1])
-  state = ts.replicate(mesh, ts.create_train_state(model, params, ts.make_optimizer(2e-4)))
-  rng = np.random.default_rng(0)
-  x, y = (ts.shard_batch(mesh, rng.random((batch, size, size, 3), np.float32)) for _ in "xy")
-  return mesh, state, ts.replicate(mesh, masks), x, y, params
-
-
 def main(argv=None) -> list:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--what", nargs="+", default=["step", "forward"],
@@ -229,7 +219,7 @@ def main(argv=None) -> list:
   net = "tiny network" if args.tiny else "default network"
   results = []
   if "step" in args.what:
-    mesh, state, masks, x, y, _ = _setup(model, args.batch, args.size)
+    mesh, state, masks, x, y = bench_train_step.setup(model, args.batch, args.size)
     step = ts.make_train_step(mesh, donate=False)
     result = profile(step, (state, masks, x, y), "step", "training step")
     result["title"] = (f"training step, {net} ({args.dtype}, remat {args.remat}), batch "
