@@ -5,7 +5,6 @@ a sitecustomize on PYTHONPATH hides grain, tensorflow(_datasets), tensorboard an
 ml_collections from every import, in the script and in every child it starts.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -19,7 +18,8 @@ import pytest
 pytestmark = pytest.mark.slow  # a whole run of the script, eight children: about a minute
 
 ROOT = Path(__file__).resolve().parents[1]
-NETWORK = ROOT.parent / "shared" / "reference" / "network.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_reference  # pylint: disable=wrong-import-position
 BLOCKED = ("grain", "tensorflow_datasets", "tensorboard", "tensorflow", "ml_collections")
 SITECUSTOMIZE = f'''
 import sys
@@ -48,13 +48,6 @@ ROWS = ("forward 1x3x32x32, fp32", "forward 1x3x32x32, bf16",
         "train step 2x3x32x32, fp32", "train step 2x3x32x32, bf16")
 
 
-def _reference_missing() -> str:
-  if not NETWORK.is_file():
-    return f"no reference network at {NETWORK}"
-  missing = [m for m in ("torch", "einops") if importlib.util.find_spec(m) is None]
-  return f"{' and '.join(missing)} not installed" if missing else ""
-
-
 def _positive(value) -> bool:
   return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
@@ -68,7 +61,7 @@ def test_smoke_runs_with_only_the_gpu_machines_packages(tmp_path):
                            capture_output=True, text=True, check=False)
   assert "No module named 'grain'" in blocked.stderr, "the import blocker is not in effect"
 
-  missing = _reference_missing()
+  missing = bench_reference.available()
   out = tmp_path / "gpu.json"
   cmd = [sys.executable, "benchmarks/gpu.py", "--smoke", "--out", str(out)]
   start = time.perf_counter()
