@@ -21,6 +21,8 @@ from mirl_jax import models
 
 TICKETS = "tickets"          # one per finished round, all kept
 REWIND = "rewind"            # late rewinding's params of round 0
+THETA_0 = "theta_0"          # imported initial params: a key cannot re-create them
+UNUSED = "unused"            # the reference's six unused convs, as of each ticket
 CHECKPOINTS = "checkpoints"  # mid-round training state, the newest kept
 
 
@@ -187,6 +189,36 @@ def restore_ticket(workdir: str, index: int | None = None, model=None,
   if model is not None:
     _check_architecture(params, model, os.path.join(workdir, folder, str(index)))
   return params, masks, dict(restored.meta)
+
+
+def save_theta_0(workdir: str, params: Any, unused: Any, meta: dict) -> str:
+  """Stores imported initial params (and unused convs, if any): every rewind reads them."""
+  tree = {"params": params} if unused is None else {"params": params, "unused": unused}
+  return save_ticket(workdir, 0, tree, jax.tree.map(lambda _: None, tree), meta,
+                     folder=THETA_0)
+
+
+def restore_theta_0(workdir: str, model=None):
+  """(params, unused or None, meta) of the workdir's imported theta_0, or None if it has none."""
+  if not ticket_indices(workdir, THETA_0):
+    return None
+  tree, _, meta = restore_ticket(workdir, 0, folder=THETA_0)
+  if model is not None:
+    _check_architecture(tree["params"], model, os.path.join(workdir, THETA_0))
+  return tree["params"], tree.get("unused"), meta
+
+
+def save_unused(workdir: str, index: int, unused: Any, masks: Any) -> None:
+  """The unused convs as of ticket `index`; written before the ticket that marks it done."""
+  save_ticket(workdir, index, unused, masks, {}, folder=UNUSED)
+
+
+def restore_unused(workdir: str, index: int):
+  """(unused, masks) as of ticket `index`, or None if none were stored."""
+  if index not in ticket_indices(workdir, UNUSED):
+    return None
+  unused, masks, _ = restore_ticket(workdir, index, folder=UNUSED)
+  return unused, masks
 
 
 class TrainCheckpoints:

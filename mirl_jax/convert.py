@@ -3,7 +3,9 @@
 Each Flax leaf has exactly one PyTorch name, derived from its path by a fixed
 rule, so converting is a lookup plus a layout change (OIHW -> HWIO, (out, in)
 -> (in, out), NCHW prompts -> NHWC). The reference defines six 1x1 convs that
-forward never uses; real checkpoints carry them, and they are dropped here.
+forward never uses; real checkpoints carry them. The network here has no use
+for them, so they travel beside the params as their own small tree (`unused_*`):
+its strict `load_state_dict` wants them back, and its global pruning pool counts them.
 """
 
 import argparse
@@ -81,6 +83,56 @@ def _strip(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   if keys and all(k.startswith(LIGHTNING_PREFIX) for k in keys):
     state_dict = {k[len(LIGHTNING_PREFIX):]: v for k, v in state_dict.items()}
   return {k: v for k, v in state_dict.items() if k.split(".")[0] not in UNUSED}
+
+
+def unused_shapes(model: models.PromptIR) -> dict[str, tuple[int, int]]:
+  """(in, out) channels of the six unused 1x1 convs, by the reference's formulas.
+
+  With the reference's prompt dims (64, 128, 320): 64->64, 128->128, 320->256,
+  dim+64->dim, 2dim+128->2dim, 4dim+256->4dim.
+  """
+  p1, p2, p3 = model.prompt_dims
+  d = model.dim
+  return {"chnl_reduce1": (p1, p1), "chnl_reduce2": (p2, p2), "chnl_reduce3": (p3, 2 * p2),
+          "reduce_noise_channel_1": (d + p1, d), "reduce_noise_channel_2": (2 * d + p2, 2 * d),
+          "reduce_noise_channel_3": (4 * d + 2 * p2, 4 * d)}
+
+
+def unused_init(model: models.PromptIR, key: jax.Array) -> dict:
+  """The six unused convs as PyTorch initialises them, from a key derived from `key`.
+
+  {name: {'kernel': (1, 1, in, out)}}, U(-1/sqrt(in), 1/sqrt(in)), numpy float32.
+  """
+  out = {}
+  for i, (name, (cin, cout)) in enumerate(unused_shapes(model).items()):
+    u = np.asarray(jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 0x0C0417), i),
+                                      (1, 1, cin, cout)))
+    out[name] = {"kernel": ((2.0 * u - 1.0) * np.float32(cin ** -0.5)).astype(np.float32)}
+  return out
+
+
+def unused_from_torch(state_dict: Mapping[str, Any], model: models.PromptIR) -> dict | None:
+  """The six unused convs of a state dict (see `unused_init`), or None if it has none.
+
+  A file with some but not all of them, or of other shapes, raises a ValueError.
+  """
+  keys = list(state_dict)
+  if keys and all(k.startswith(LIGHTNING_PREFIX) for k in keys):
+    state_dict = {k[len(LIGHTNING_PREFIX):]: v for k, v in state_dict.items()}
+  shapes = unused_shapes(model)
+  found = [n for n in shapes if f"{n}.weight" in state_dict]
+  if not found:
+    return None
+  out = {}
+  for name, (cin, cout) in shapes.items():
+    if name not in found:
+      raise ValueError(f"the state_dict has {', '.join(found)} but not {name}.weight: "
+                       "expected all six unused convs of the reference or none")
+    w = _as_numpy(state_dict[f"{name}.weight"])
+    if w.shape != (cout, cin, 1, 1):
+      raise ValueError(f"{name}.weight: got {w.shape}, expected {(cout, cin, 1, 1)}")
+    out[name] = {"kernel": _to_flax("kernel", w)}
+  return out
 
 
 def _torch_shape(leaf: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -228,18 +280,46 @@ def load_state_dict(path: str) -> dict[str, Any]:
                    "expected .ckpt, .pth, .pt or .npz")
 
 
-def import_checkpoint(path: str, workdir: str, model: models.PromptIR) -> dict:
-  """Converts `path` into ticket 0 of an empty `workdir`; returns its counts."""
-  from mirl_jax import checkpointing  # pylint: disable=import-outside-toplevel
-  existing = checkpointing.ticket_indices(workdir)
-  if existing:
-    raise ValueError(f"{workdir} already holds tickets {existing}; import into an "
-                     "empty workdir so that nothing saved is overwritten")
+def _read(path: str, model: models.PromptIR):
+  """(params, masks, unused convs or None) of a state-dict file; errors name the file."""
   try:
-    params, masks = params_from_torch(load_state_dict(path), model)
+    state_dict = load_state_dict(path)
+    params, masks = params_from_torch(state_dict, model)
+    return params, masks, unused_from_torch(state_dict, model)
   except ValueError as e:
     raise ValueError(str(e) if path in str(e) else f"{path}: {e}") from None
+
+
+def import_checkpoint(path: str, workdir: str, model: models.PromptIR,
+                      init_path: str = "") -> dict:
+  """Converts `path` into ticket 0 and `init_path` into theta_0 of an empty workdir.
+
+  Either may be empty. theta_0 (the reference's `initial_state_dict.pth`) is
+  what every later round rewinds to; without it a run cannot continue here.
+  Returns the counts of the ticket (of theta_0 when no ticket is imported).
+  """
+  from mirl_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  existing = checkpointing.ticket_indices(workdir)
+  if existing or checkpointing.ticket_indices(workdir, checkpointing.THETA_0):
+    held = f"tickets {existing}" if existing else "an imported theta_0"
+    raise ValueError(f"{workdir} already holds {held}; import into an "
+                     "empty workdir so that nothing saved is overwritten")
+  ticket = _read(path, model) if path else None
+  theta_0 = _read(init_path, model) if init_path else None
+  if theta_0 is not None:
+    params, masks, unused = theta_0
+    dead = masks_lib.count(params, masks)
+    if dead["alive"] != dead["prunable"]:
+      raise ValueError(f"{init_path} has {dead['prunable'] - dead['alive']:,} zero weights: "
+                       "expected initial weights (theta_0, dense), not a pruned ticket")
+    checkpointing.save_theta_0(workdir, params, unused, dict(
+        imported_from=os.path.abspath(init_path)))
+  if ticket is None:
+    return masks_lib.count(theta_0[0], theta_0[1])
+  params, masks, unused = ticket
   counts = masks_lib.count(params, masks)
+  if unused is not None:
+    checkpointing.save_unused(workdir, 0, unused, masks_lib.masks_from_params(unused))
   checkpointing.save_ticket(workdir, 0, params, masks, meta=dict(
       imported_from=os.path.abspath(path), **counts))
   return counts

@@ -88,6 +88,19 @@ def prune(params: Any, masks: Any, percent: float, scope: str = "global") -> Any
       is_leaf=lambda x: x is None)
 
 
+def prune_reference_pool(params: Any, masks: Any, unused: Any, unused_masks: Any,
+                         percent: float) -> tuple[Any, Any]:
+  """The global rule over the official code's pool: new (masks, unused_masks).
+
+  The reference thresholds every tensor named "weight", the six convs that its
+  forward never uses included (convert.unused_shapes). They never train, so
+  they enter at their theta_0 values (`unused`) and only their masks change.
+  """
+  new = prune({"net": params, "unused": unused}, {"net": masks, "unused": unused_masks},
+              percent, "global")
+  return new["net"], new["unused"]
+
+
 # ----------------------------------------------------------------------------
 # Rewinding.
 

@@ -45,6 +45,34 @@ def test_global_threshold_and_counts_match_reference(reference, reference_ticket
   assert total["alive_prunable"] == arrays["meta/alive_prunable"]
 
 
+def test_the_reference_pool_counts_the_unused_convs(reference_state_dict, reference_ticket):
+  """Two rounds of the official code's rule over its whole state dict, unused convs at
+  theta_0 and never trained, against prune_reference_pool."""
+  params, masks = reference_ticket
+  unused = convert.unused_from_torch(reference_state_dict, PromptIR())
+  assert sum(w["kernel"].size for w in unused.values()) == 215_296
+  unused_masks = masks_lib.masks_from_params(unused)
+  state = dict(reference_state_dict)
+  rng = np.random.default_rng(0)
+  for _ in range(2):
+    weights = {k: v for k, v in state.items() if "weight" in k}
+    alive = np.concatenate([np.abs(w[w != 0]) for w in weights.values()])
+    threshold = np.percentile(alive, 20)
+    want = {k: (w != 0) & ~(np.abs(w) < threshold) for k, w in weights.items()}
+    masks, unused_masks = lottery.prune_reference_pool(params, masks, unused, unused_masks, 20)
+    got = {**convert.params_to_torch(masks), **convert.params_to_torch(unused_masks)}
+    assert set(got) == set(want)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    default = convert.params_to_torch(lottery.prune(params, reference_ticket[1], 20))
+    assert any(not np.array_equal(default[k], want[k]) for k in default)  # the pool matters
+    # "Retrain" the survivors; the unused convs keep their theta_0 values, masked.
+    params = jax.tree.map(lambda p, m: p if m is None else np.where(
+        m, p + rng.normal(0, 0.01, p.shape).astype(np.float32), 0), params, masks,
+                          is_leaf=lambda x: x is None)
+    state = {**convert.params_to_torch(params), **convert.params_to_torch(
+        lottery.rewind(unused, unused_masks, unused))}
+
+
 def test_prune_removes_a_fifth_of_survivors_and_never_revives():
   rng = np.random.default_rng(0)
   params = {"a": {"kernel": rng.normal(size=(50, 40)).astype(np.float32),
