@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from mirl_jax import checkpointing
 from mirl_jax import config_keys
 from mirl_jax import convert
+from mirl_jax import export
 from mirl_jax import models
 from mirl_jax import restore
 
@@ -28,10 +29,11 @@ config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where tickets, checkpoints and logs live "
                     "(every mode but config).")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "restore", "import", "prepare",
-                                    "config"],
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "restore", "import", "export",
+                                    "prepare", "config"],
                   "train: run (or resume) IMP; evaluate: a ticket on the test sets; "
-                  "restore: your images; import: a PyTorch checkpoint; prepare: "
+                  "restore: your images; import: a PyTorch checkpoint and its theta_0; "
+                  "export: a ticket as the reference's state dict; prepare: "
                   "build the datasets the config names; config: print every config "
                   "key with its value and meaning.")
 flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() from the "
@@ -78,12 +80,28 @@ def run_prepare(config, workdir: str) -> None:
 
 def run_import(config, workdir: str) -> None:
   counts = convert.import_checkpoint(config.import_from, workdir,
-                                     models.PromptIR(**config.model))
-  print(f"Imported {config.import_from} into {workdir}: {counts['params']:,} "
-        f"parameters, {counts['nonzero']:,} non-zero; prunable weights alive "
-        f"{counts['alive']:,} of {counts['prunable']:,} "
-        f"({100 * counts['remaining']:.2f}% remaining, "
-        f"{100 * (1 - counts['remaining']):.2f}% pruned)")
+                                     models.PromptIR(**config.model), config.import_init)
+  if config.import_init:
+    print(f"Imported theta_0 {config.import_init} into {workdir}: every round rewinds to it")
+  if config.import_from:
+    print(f"Imported {config.import_from} into {workdir}: {counts['params']:,} "
+          f"parameters, {counts['nonzero']:,} non-zero; prunable weights alive "
+          f"{counts['alive']:,} of {counts['prunable']:,} "
+          f"({100 * counts['remaining']:.2f}% remaining, "
+          f"{100 * (1 - counts['remaining']):.2f}% pruned)")
+
+
+def run_export(config, workdir: str) -> None:
+  cfg = config.export
+  export.check_output(cfg.output, cfg.format, cfg.overwrite)  # before anything is read
+  model = models.PromptIR(**config.model)
+  index = None if cfg.ticket < 0 else cfg.ticket
+  params, _, meta = checkpointing.restore_ticket(workdir, index, model=model)
+  index = max(checkpointing.ticket_indices(workdir)) if index is None else index
+  unused = export.unused_convs(workdir, index, model, meta, config.seed)
+  export.write(export.state_dict(params, unused), cfg.output, cfg.format, cfg.lightning)
+  print(f"Exported ticket {index} of {workdir} to {cfg.output} ({cfg.format}"
+        f"{', Lightning layout' if cfg.lightning else ''})")
 
 
 def run_restore(config, workdir: str) -> None:
@@ -105,7 +123,8 @@ def run_config(config, workdir: str) -> None:
 
 
 MODES = {"train": run_train, "evaluate": run_evaluate, "restore": run_restore,
-         "import": run_import, "prepare": run_prepare, "config": run_config}
+         "import": run_import, "export": run_export, "prepare": run_prepare,
+         "config": run_config}
 
 
 def _checked(mode):

@@ -27,3 +27,18 @@ def reference_state_dict(reference):
 def reference_ticket(reference_state_dict):
   from mirl_jax import convert
   return convert.params_from_torch(reference_state_dict)
+
+
+NETWORK = FIXTURES.parent / "reference" / "network.py"
+
+
+@pytest.fixture(scope="session")
+def reference_network():
+  """The reference's network module (../shared/reference/network.py): PromptIR in PyTorch."""
+  pytest.importorskip("torch")
+  pytest.importorskip("einops")
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("reference_network", NETWORK)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

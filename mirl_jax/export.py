@@ -1,0 +1,97 @@
+"""Tickets out to PyTorch: the reference's full state dict, as torch.save or .npz files.
+
+The reference loads weights with a strict `load_state_dict`, so an export holds
+every tensor it defines: the ticket's params under their PyTorch names (see
+`convert.torch_name`) and the six convs its forward never uses. Those come from
+the workdir when it stored them (an imported file, or a run with
+lottery.reference_pool), else at their init values from the run's key.
+"""
+
+import os
+import tempfile
+
+import jax
+import numpy as np
+
+from mirl_jax import checkpointing
+from mirl_jax import convert
+
+#: File name endings per format: those `--mode import` reads back.
+FORMATS = {"torch": (".pth", ".pt", ".ckpt"), "npz": (".npz",)}
+
+
+def check_output(path: str, fmt: str, overwrite: bool) -> None:
+  """Refuses, before anything is read, an output that cannot or may not be written."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if not path.lower().endswith(FORMATS[fmt]):
+    raise ValueError(f"export.output={path}: expected a name ending in "
+                     f"{' or '.join(FORMATS[fmt])} for export.format={fmt!r}")
+  if os.path.isdir(path):
+    raise ValueError(f"export.output={path} is a folder: expected a file name")
+  if not os.path.isdir(folder):
+    raise ValueError(f"export.output={path}: its folder {folder} does not exist")
+  if os.path.exists(path) and not overwrite:
+    raise ValueError(f"export.output={path} exists: choose another file or set "
+                     "--config.export.overwrite=True")
+
+
+def unused_convs(workdir: str, index: int, model, meta: dict, seed: int) -> dict:
+  """The six unused convs as of ticket `index` (see the module docstring)."""
+  stored = checkpointing.restore_unused(workdir, index)
+  if stored is not None:
+    return stored[0]
+  theta_0 = checkpointing.restore_theta_0(workdir, model)
+  if theta_0 is not None and theta_0[1] is not None:
+    return theta_0[1]
+  key = (jax.random.wrap_key_data(np.asarray(meta["init_key"], np.uint32))
+         if "init_key" in meta else jax.random.key(seed))
+  return convert.unused_init(model, key)
+
+
+def state_dict(params, unused) -> dict[str, np.ndarray]:
+  """The reference's state dict of PromptIR(decoder=True): params and unused convs."""
+  out = convert.params_to_torch(params)
+  out.update(convert.params_to_torch(unused))
+  return out
+
+
+def _write_torch(tensors: dict[str, np.ndarray], path: str, lightning: bool) -> None:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ValueError("export.format='torch' needs PyTorch: pip install 'mirl_jax[torch]'"
+                     ) from None
+  sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
+  if lightning:  # what Trainer.save_checkpoint writes, the weights part of it
+    obj = {"state_dict": {convert.LIGHTNING_PREFIX + k: v for k, v in sd.items()},
+           "pytorch-lightning_version": _lightning_version(), "epoch": 0, "global_step": 0}
+  else:
+    obj = sd
+  torch.save(obj, path)
+
+
+def _lightning_version() -> str:
+  try:
+    import lightning  # pylint: disable=import-outside-toplevel
+    return lightning.__version__
+  except ImportError:
+    return "2.0.0"
+
+
+def write(tensors: dict[str, np.ndarray], path: str, fmt: str, lightning: bool = False) -> None:
+  """Writes `tensors` to `path` atomically: a file beside it, renamed when complete."""
+  if fmt not in FORMATS:
+    raise ValueError(f"export.format={fmt!r}: expected one of {tuple(FORMATS)}")
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".tmp", dir=folder)
+  os.close(fd)
+  try:
+    if fmt == "npz":
+      with open(tmp, "wb") as f:
+        np.savez(f, **tensors)
+    else:
+      _write_torch(tensors, tmp, lightning)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
