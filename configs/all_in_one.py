@@ -10,7 +10,8 @@ Build the datasets from MIR-L's archive (unpacked into data/mirl), then train:
 Or import the official PyTorch checkpoint and restore your own images:
 
   python -m mirl_jax.main --config configs/all_in_one.py --workdir runs/mirl \
-    --mode import --config.import_from=/path/to/mirl.ckpt
+    --mode import --config.import_from=/path/to/mirl.ckpt \
+    --config.import_init=/path/to/initial_state_dict.pth
   python -m mirl_jax.main --config configs/all_in_one.py --workdir runs/mirl \
     --mode restore --config.restore.inputs=photo.jpg,folder/ \
     --config.restore.output_dir=restored/
@@ -50,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
       data_dir="data/tfds",            # the prepared datasets (TFDS, ArrayRecord)
       train_sets=("denoise/WED", "denoise/BSD400", "derain/Rain100L", "dehaze/OTS"),  # "task/Set"
       test_sets=("denoise/BSD68", "denoise/Urban100", "derain/Rain100L", "dehaze/SOTS"),  # "task/Set"
-      batch_size=8,                    # training patches per step, per device
+      batch_size=8,                    # training patches per step, over all devices
       patch_size=64,                   # side of the square training patches (a multiple of 8)
       sigmas=(15, 25, 50),             # Gaussian noise levels, training and test
       repeats=dict(denoise=3, derain=120, dehaze=1),  # times each task's images enter an epoch
@@ -80,6 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
       late_step=0,                     # with rewind="late": the step of round 0 (>= 1)
       keep_trained_prompts=False,      # True: prompt_param and temperature keep their
                                        # trained values, as the official code does
+      reference_pool=False,            # True: the global threshold also counts the six
+                                       # unused convs, as the official code does
   ))
 
   # Evaluation after every round (--mode evaluate: of a ticket in the workdir).
@@ -91,6 +94,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --mode import: a PyTorch .ckpt/.pth or an .npz of state-dict arrays.
   config.import_from = ""  # the checkpoint file to import into an empty workdir
+  config.import_init = ""  # its run's initial_state_dict.pth (theta_0): rounds rewind to it
+
+  # --mode export: a ticket as the reference's state dict.
+  config.export = ml_collections.ConfigDict(dict(
+      format="torch",                  # "torch" (torch.save) or "npz" (numpy.savez)
+      output="",                       # the file to write
+      ticket=-1,                       # -1: the latest ticket in the workdir
+      lightning=False,                 # torch only: Lightning's .ckpt layout ("net." keys)
+      overwrite=False,                 # True: replace an existing output file
+  ))
 
   # --mode restore: your own images with a ticket of the workdir.
   config.restore = ml_collections.ConfigDict(dict(

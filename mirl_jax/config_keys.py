@@ -231,10 +231,17 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lottery.rewind": _one_of(lottery.REWIND_MODES),
     "lottery.late_step": _int_at_least(0),
     "lottery.keep_trained_prompts": _BOOL,
+    "lottery.reference_pool": _BOOL,
     "eval.seed": _int_at_least(0),
     "eval.ticket": _int_at_least(-1),
     "eval.save_images": _BOOL,
     "import_from": _STR,
+    "import_init": _STR,
+    "export.format": _one_of(("torch", "npz")),  # the keys of export.FORMATS
+    "export.output": _STR,
+    "export.ticket": _int_at_least(-1),
+    "export.lightning": _BOOL,
+    "export.overwrite": _BOOL,
     "restore.inputs": _STR,
     "restore.output_dir": _STR,
     "restore.ticket": _int_at_least(-1),
@@ -276,6 +283,12 @@ def _check_relations(values: dict[str, Any]) -> None:
   if values.get("lottery.rewind") == "late" and values.get("lottery.late_step", 1) < 1:
     raise _bad("lottery.late_step", values["lottery.late_step"],
                ">= 1 with lottery.rewind='late' (the step of round 0 to rewind to)")
+  if values.get("lottery.reference_pool") and values.get("lottery.scope") == "layerwise":
+    raise _bad("lottery.reference_pool", True, "False with lottery.scope='layerwise' (the "
+               "pool decides only the global threshold)")
+  if values.get("export.lightning") and values.get("export.format") == "npz":
+    raise _bad("export.lightning", True, "False with export.format='npz' (Lightning's layout "
+               "is a torch file)")
   batch, micro = values.get("data.batch_size"), values.get("train.microbatches")
   if batch is not None and micro is not None and batch % micro:
     raise _bad("train.microbatches", micro, f"a divisor of data.batch_size ({batch})")
@@ -288,6 +301,7 @@ def _check_relations(values: dict[str, Any]) -> None:
 REQUIRED = {
     "import": ("import_from",),
     "restore": ("restore.inputs", "restore.output_dir"),
+    "export": ("export.output",),
 }
 _PLACEHOLDER = {"restore.inputs": "PATH[,PATH...]", "restore.output_dir": "DIR"}
 
@@ -300,6 +314,11 @@ def validate(config, mode: str | None = None) -> None:
       raise _bad(key, value, RULES[key][1])
   _check_relations(values)
   missing = [k for k in REQUIRED.get(mode, ()) if not values.get(k)]
+  if mode == "import" and missing and values.get("import_init"):
+    return  # theta_0 alone: a run that starts from the reference's init
+  if mode == "import" and missing:
+    raise ValueError("--mode import needs --config.import_from=FILE (a checkpoint), "
+                     "--config.import_init=FILE (its theta_0) or both")
   if missing:
     raise ValueError(f"--mode {mode} needs " + " and ".join(
         f"--config.{k}={_PLACEHOLDER.get(k, 'FILE')}" for k in missing))

@@ -163,7 +163,7 @@ def train_data(data_config, seed: int, *, shard_index: int | None = None,
   steps = len(rows) // global_batch
   if steps == 0:
     raise ValueError(f'the training mixture has {len(rows)} samples, fewer than one global '
-                     f'batch of {global_batch} (data.batch_size x {shard_count} processes).')
+                     f'batch of {global_batch} (config.data.batch_size).')
   epoch_items = steps * global_batch
   total = sys.maxsize if num_epochs is None else epoch_items * int(num_epochs)
   shuffled = grain.MapDataset.source(rows).shuffle(seed=seed % 2**32)

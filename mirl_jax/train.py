@@ -4,8 +4,8 @@ Everything a preempted run needs to continue lives in the workdir: one ticket
 per finished round (tickets/<round>), and mid-round checkpoints (params,
 masks, optimizer and data-iterator state) under checkpoints/. Restarting with
 the same workdir resumes from the latest of them and ends with the same
-params and masks as an uninterrupted run; the initial params are never
-stored, they are re-created from config.seed.
+params and masks as an uninterrupted run. The initial params are re-created
+from config.seed, unless the run's theta_0 was imported (theta_0/).
 """
 
 import json
@@ -18,6 +18,7 @@ from absl import logging
 from tqdm import tqdm
 
 from mirl_jax import checkpointing
+from mirl_jax import convert
 from mirl_jax import demo_data
 from mirl_jax import evaluate
 from mirl_jax import lottery
@@ -32,10 +33,20 @@ from mirl_jax import sparsity
 from mirl_jax import train_step
 
 
+def per_process_batch(global_batch: int) -> int:
+  """This process's share of data.batch_size, the global batch (as big_vision's)."""
+  devices = jax.device_count()
+  if global_batch % devices:
+    raise ValueError(f"config.data.batch_size={global_batch} is the global batch and must "
+                     f"divide over all {devices} devices ({jax.process_count()} process(es)): "
+                     f"use a multiple of {devices}")
+  return global_batch // jax.process_count()
+
+
 def data_config(config, workdir: str) -> ml_collections.ConfigDict:
   """config.data with the per-process batch, and the demo's sets and folders."""
   data = ml_collections.ConfigDict(config.data.to_dict())
-  data.batch_size = config.data.batch_size * jax.local_device_count()
+  data.batch_size = per_process_batch(config.data.batch_size)
   if data.demo:
     data.manual_dir = data.manual_dir or os.path.join(workdir, "demo", "raw")
     data.data_dir = data.data_dir or os.path.join(workdir, "demo", "tfds")
@@ -62,7 +73,7 @@ def _barrier(name: str) -> None:
 _MAY_CHANGE = ("train.log_every_steps", "train.checkpoint_every_steps", "lottery.rounds",
                "train.microbatches", "model.scan_blocks", "model.remat",
                "data.manual_dir", "data.data_dir", "data.worker_count", "data.read_threads",
-               "data.test_sets", "eval.", "restore.", "import_from")
+               "data.test_sets", "eval.", "restore.", "export.", "import_from", "import_init")
 
 
 def _flat(tree, prefix=""):
@@ -73,13 +84,19 @@ def _flat(tree, prefix=""):
 
 # Keys added since a run may have saved its config, with the value its code had.
 _ADDED = {"model.dtype": "float32", "model.precision": "highest", "model.scan_blocks": True,
-          "model.remat": "none", "train.microbatches": 1}
+          "model.remat": "none", "train.microbatches": 1, "lottery.reference_pool": False}
 
 
-def config_changes(saved: dict, current: dict) -> list[str]:
-  """'key: saved -> current' for each key that differs and may not change on resume."""
+def config_changes(saved: dict, current: dict, per_device_batch: bool = False) -> list[str]:
+  """'key: saved -> current' for each key that differs and may not change on resume.
+
+  per_device_batch: `saved` is from before data.batch_size was the global batch;
+  its batch is compared as this host's global batch (per device x devices).
+  """
   old, new = dict(_ADDED), _flat(current)
   old.update(_flat(saved))
+  if per_device_batch:
+    old["data.batch_size"] *= jax.device_count()
   return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}"
           for k in sorted(set(old) | set(new))
           if old.get(k) != new.get(k) and not k.startswith(_MAY_CHANGE)]
@@ -91,12 +108,34 @@ def _host(tree):
       lambda x: np.array(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
 
 
+def _imported_theta_0(workdir: str, model, reference_pool: bool):
+  """(params, unused convs) of an imported theta_0, or None for a run made here.
+
+  Refuses a workdir whose ticket was imported without its theta_0, before any
+  data are read: its rounds would rewind to an init that has nothing to do with it.
+  """
+  theta_0 = checkpointing.restore_theta_0(workdir, model)
+  tickets = checkpointing.ticket_indices(workdir)
+  if theta_0 is None and tickets:
+    source = checkpointing.ticket_meta(workdir, min(tickets)).get("imported_from")
+    if source:
+      raise ValueError(
+          f"{workdir} holds a ticket imported from {source} without its run's theta_0, which "
+          "every round rewinds to: import it again into a new workdir with "
+          f"--config.import_from={source} --config.import_init=/path/to/initial_state_dict.pth")
+  if theta_0 is not None and reference_pool and theta_0[1] is None:
+    raise ValueError(f"the theta_0 imported into {workdir} ({theta_0[2]['imported_from']}) has "
+                     "no unused convs (chnl_reduce1, ...) for lottery.reference_pool=True")
+  return None if theta_0 is None else theta_0[:2]
+
+
 class Run:
   """One IMP run in a workdir; `train()` starts or resumes it."""
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
     self.model = models.PromptIR(**config.model)
+    self.theta_0 = _imported_theta_0(workdir, self.model, config.lottery.reference_pool)
     self.data = data_config(config, workdir)
     ensure_demo_data(self.data)
     self.mesh = train_step.make_mesh()
@@ -104,7 +143,7 @@ class Run:
     self.key = jax.random.key(config.seed)
     self.run_config = json.loads(config.to_json())
     # With the config, a checkpoint says how to re-create its run and its theta_0.
-    self.meta = dict(config=self.run_config,
+    self.meta = dict(config=self.run_config, batch="global",
                      init_key=np.asarray(jax.random.key_data(self.key)).tolist())
     self.steps_per_epoch = pipeline.steps_per_epoch(self.data)
     self.steps_per_round = config.train.epochs * self.steps_per_epoch
@@ -118,11 +157,21 @@ class Run:
   # -- rewinding -------------------------------------------------------------
 
   def init_params(self):
+    if self.theta_0 is not None:
+      return self.theta_0[0]
     return models.init_params(self.model, self.key)
+
+  def unused_init(self):
+    """theta_0 of the reference's unused convs (lottery.reference_pool)."""
+    if self.theta_0 is not None:
+      return self.theta_0[1]
+    return convert.unused_init(self.model, self.key)
 
   def rewind_source(self, round_index: int):
     del round_index
     mode = self.config.lottery.rewind
+    if mode == "init":
+      return self.init_params()
     if mode == "late" and self._late is None:
       self._late = checkpointing.restore_ticket(
           self.workdir, 0, folder=checkpointing.REWIND)[0]
@@ -198,6 +247,10 @@ class Run:
     """Ticket first (it marks the round done), then evaluation and reports."""
     r = result.round_index
     counts = masks_lib.count(result.params, result.masks)
+    if result.unused_masks is not None:  # before the ticket: a ticket means all is saved
+      unused = self.unused_init()
+      checkpointing.save_unused(self.workdir, r, lottery.rewind(unused, result.unused_masks,
+                                                                unused), result.unused_masks)
     checkpointing.save_ticket(self.workdir, r, result.params, result.masks,
                               dict(self.meta, round=r, **counts))
     self.report_round(r, result.params, result.masks)
@@ -236,11 +289,18 @@ class Run:
       saved = checkpointing.ticket_meta(self.workdir, max(done))
     if saved is None or "config" not in saved:  # fresh, or imported tickets
       return
-    changes = config_changes(saved["config"], self.run_config)
+    per_device = saved.get("batch") != "global"  # saved when the batch was per device
+    changes = config_changes(saved["config"], self.run_config, per_device_batch=per_device)
+    hint = ""
+    if per_device and any(c.startswith("data.batch_size:") for c in changes):
+      b, n = saved["config"]["data"]["batch_size"], jax.device_count()
+      hint = (f" (its data.batch_size={b} counted per device; data.batch_size is now the "
+              f"global batch: --config.data.batch_size={b * n} continues it on {n} devices)")
     if changes:
       raise ValueError(
           f"{self.workdir} holds a run made with another config (changed: " +
-          "; ".join(changes) + "): resume with the saved values, or use a new --workdir")
+          "; ".join(changes) + ")" + hint +
+          ": resume with the saved values, or use a new --workdir")
 
   def train(self) -> rounds.RoundResult | None:
     done = checkpointing.ticket_indices(self.workdir)
@@ -264,7 +324,20 @@ class Run:
                       rewind_source=self.rewind_source, num_rounds=cfg.rounds,
                       percent=cfg.percent, scope=cfg.scope,
                       keep_trained=cfg.keep_trained_prompts, start_round=last + 1,
+                      unused=self._unused_pool(last) if cfg.reference_pool else None,
                       on_round_end=self.end_round)
+
+  def _unused_pool(self, last: int) -> tuple:
+    """(theta_0, masks after ticket `last`) of the unused convs, for the reference's pool."""
+    init = self.unused_init()
+    if last < 0:
+      return init, masks_lib.dense_masks(init)
+    stored = checkpointing.restore_unused(self.workdir, last)
+    if stored is None:
+      raise ValueError(f"ticket {last} of {self.workdir} was saved without the unused convs "
+                       "that lottery.reference_pool=True prunes (unused/): the run did not "
+                       "start with it, and cannot continue with it")
+    return init, stored[1]
 
 
 def train_and_evaluate(config, workdir: str):

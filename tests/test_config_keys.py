@@ -86,7 +86,17 @@ def test_modes_name_the_keys_they_need():
   with pytest.raises(ValueError, match=r"--mode restore needs --config.restore.inputs="
                      r"PATH\[,PATH...\] and --config.restore.output_dir=DIR"):
     config_keys.validate(config, "restore")
-  with pytest.raises(ValueError, match="--mode import needs --config.import_from=FILE"):
+  with pytest.raises(ValueError, match=r"--mode import needs --config.import_from=FILE \(a "
+                     r"checkpoint\), --config.import_init=FILE \(its theta_0\) or both"):
     config_keys.validate(config, "import")
+  config.import_init = "initial_state_dict.pth"
+  config_keys.validate(config, "import")
+  with pytest.raises(ValueError, match="--mode export needs --config.export.output=FILE"):
+    config_keys.validate(config, "export")
+  config.lottery.update(dict(reference_pool=True, scope="layerwise"))
+  with pytest.raises(ValueError, match=r"config.lottery.reference_pool=True: expected False "
+                                       r"with lottery.scope='layerwise'"):
+    config_keys.validate(config, "train")
+  config.lottery.scope = "global"
   config_keys.validate(config, "train")
 

@@ -196,6 +196,40 @@ def tiny_workdir(tmp_path_factory):
   return workdir
 
 
+def test_an_imported_ticket_trains_only_with_its_theta_0(tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  import tiny_config  # pylint: disable=import-outside-toplevel
+  from mirl_jax import convert  # pylint: disable=import-outside-toplevel
+  model = models.PromptIR(**tiny_config.get_config().model)
+  theta_0 = convert.params_to_torch(models.init_params(model, jax.random.key(5)))
+  theta_0.update(convert.params_to_torch(convert.unused_init(model, jax.random.key(5))))
+  np.savez(tmp_path / "initial_state_dict.npz", **theta_0)
+  np.savez(tmp_path / "mirl.npz", **{k: v * 0.9 for k, v in theta_0.items()})
+  workdir = tmp_path / "run"
+  done = _cli(f"--config={TINY}", f"--workdir={workdir}", "--mode=import",
+              f"--config.import_from={tmp_path / 'mirl.npz'}")
+  assert done.returncode == 0, done.stderr
+  line = _one_line_error(_cli(f"--config={TINY}", f"--workdir={workdir}"), 1,
+                         str(tmp_path / "mirl.npz"), "--config.import_init=")
+  assert "theta_0" in line
+  assert sorted(os.listdir(workdir)) == ["tickets", "unused"]  # no data read, nothing written
+
+  done = _cli(f"--config={TINY}", f"--workdir={tmp_path / 'both'}", "--mode=import",
+              f"--config.import_from={tmp_path / 'mirl.npz'}",
+              f"--config.import_init={tmp_path / 'initial_state_dict.npz'}")
+  assert done.returncode == 0, done.stderr
+  assert "Imported theta_0" in done.stdout and "100.00% remaining" in done.stdout
+  _one_line_error(_cli(f"--config={TINY}", f"--workdir={tmp_path / 'both'}", "--mode=import",
+                       f"--config.import_init={tmp_path / 'mirl.npz'}"), 1,
+                  "already holds tickets [0]")
+  pruned = dict(theta_0, **{"output.weight": np.zeros_like(theta_0["output.weight"])})
+  np.savez(tmp_path / "pruned.npz", **pruned)
+  _one_line_error(_cli(f"--config={TINY}", f"--workdir={tmp_path / 'third'}", "--mode=import",
+                       f"--config.import_init={tmp_path / 'pruned.npz'}"), 1,
+                  str(tmp_path / "pruned.npz"), "expected initial weights")
+  assert not (tmp_path / "third").exists() or not os.listdir(tmp_path / "third")
+
+
 def _photos(folder):
   """One image of each kind a user brings: grey, alpha, 16-bit, an EXIF-rotated JPEG."""
   rng = np.random.default_rng(0)

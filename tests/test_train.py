@@ -11,9 +11,6 @@ from mirl_jax import checkpointing
 from mirl_jax import train
 from tiny_config import get_config as _config
 
-pytestmark = pytest.mark.slow  # whole runs of the CLI in child processes
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   flags.FLAGS.mark_as_parsed()
@@ -22,6 +19,7 @@ def finished(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_a_run_leaves_tickets_reports_and_logs(finished):
   assert checkpointing.ticket_indices(str(finished)) == [0, 1]
   _, masks0, _ = checkpointing.restore_ticket(str(finished), 0)
@@ -46,6 +44,7 @@ def test_a_run_leaves_tickets_reports_and_logs(finished):
   assert list((finished / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_tickets(finished, tmp_path, monkeypatch):
   save = checkpointing.TrainCheckpoints.save
 
@@ -71,6 +70,7 @@ def test_an_interrupted_run_resumes_to_the_same_tickets(finished, tmp_path, monk
       np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_demo_round_in_bfloat16_ends_within_0_3_db_of_float32(tmp_path):
   """Mixed precision (bf16 compute, float32 params, optimizer state and loss) trains as well."""
   from configs import demo  # pylint: disable=import-outside-toplevel
@@ -86,3 +86,29 @@ def test_a_demo_round_in_bfloat16_ends_within_0_3_db_of_float32(tmp_path):
     input_psnr = np.mean([m["input_psnr"] for m in entry["results"].values()])
     assert psnr[dtype] > input_psnr, (dtype, psnr[dtype], input_psnr)
   assert abs(psnr["bfloat16"] - psnr["float32"]) <= 0.3, psnr
+
+
+def test_the_batch_is_global_and_splits_over_devices_and_processes(monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda: 8)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  assert train.per_process_batch(16) == 8
+  with pytest.raises(ValueError, match=r"config.data.batch_size=12 is the global batch .* "
+                                       r"all 8 devices \(2 process\(es\)\): use a multiple of 8"):
+    train.per_process_batch(12)
+
+
+def test_a_workdir_from_the_per_device_batch_resumes_at_its_global_batch(monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda: 4)
+  config = _config()
+  config.data.batch_size = 2  # per device, as it was saved
+  saved = json.loads(config.to_json())
+  config.data.batch_size = 8
+  current = json.loads(config.to_json())
+  assert not train.config_changes(saved, current, per_device_batch=True)
+  assert train.config_changes(saved, saved, per_device_batch=True) == ["data.batch_size: 8 -> 2"]
+  assert train.config_changes(saved, current) == ["data.batch_size: 2 -> 8"]
+  saved["lottery"].pop("reference_pool")  # a key added since: its old value is assumed
+  assert not train.config_changes(saved, current, per_device_batch=True)
+  current["lottery"]["reference_pool"] = True
+  assert train.config_changes(saved, current, per_device_batch=True) == [
+      "lottery.reference_pool: False -> True"]
