@@ -25,7 +25,7 @@ def test_two_processes_train_and_one_restores(tmp_path, monkeypatch):
   model_flags = [f"--config.model.{k}={v}".replace(" ", "") for k, v in TINY.items()]
   code = local.launch(2, [
       "--config=configs/demo.py", f"--workdir={tmp_path}", *model_flags,
-      "--config.data.patch_size=16", "--config.data.batch_size=2",
+      "--config.data.patch_size=16", "--config.data.batch_size=4",  # global: 2 per process
       "--config.data.repeats.denoise=1", "--config.data.repeats.derain=1",
       "--config.data.repeats.dehaze=1", "--config.train.epochs=2",
       "--config.train.checkpoint_every_steps=4", "--config.lottery.rounds=0"])
