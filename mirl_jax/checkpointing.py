@@ -9,7 +9,7 @@ params. Tickets live in ``WORKDIR/tickets/<index>``
 """
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import grain
 import jax
@@ -168,9 +168,16 @@ def _check_architecture(params: Any, model, where: str) -> None:
                             wrong) + "; is --config the one the run was made with?")
 
 
+class Ticket(NamedTuple):
+  """A restored ticket: numpy params, masks (None where not prunable), its JSON item."""
+  params: Any
+  masks: Any
+  meta: dict
+
+
 def restore_ticket(workdir: str, index: int | None = None, model=None,
-                   folder: str = TICKETS):
-  """Returns (params, masks, meta) of ticket `index` (default: the latest).
+                   folder: str = TICKETS) -> Ticket:
+  """Ticket `index` (default: the latest) of `workdir`.
 
   With `model`, the ticket's shapes are checked against it first.
   """
@@ -188,7 +195,7 @@ def restore_ticket(workdir: str, index: int | None = None, model=None,
   params, masks = unpack_ticket(restored.ticket)
   if model is not None:
     _check_architecture(params, model, os.path.join(workdir, folder, str(index)))
-  return params, masks, dict(restored.meta)
+  return Ticket(params, masks, dict(restored.meta))
 
 
 def save_theta_0(workdir: str, params: Any, unused: Any, meta: dict) -> str:
@@ -202,7 +209,7 @@ def restore_theta_0(workdir: str, model=None):
   """(params, unused or None, meta) of the workdir's imported theta_0, or None if it has none."""
   if not ticket_indices(workdir, THETA_0):
     return None
-  tree, _, meta = restore_ticket(workdir, 0, folder=THETA_0)
+  tree, _, meta = restore_ticket(workdir, 0, folder=THETA_0)  # masks: None, theta_0 is dense
   if model is not None:
     _check_architecture(tree["params"], model, os.path.join(workdir, THETA_0))
   return tree["params"], tree.get("unused"), meta

@@ -50,14 +50,14 @@ def run_train(config, workdir: str) -> None:
 
 
 def run_evaluate(config, workdir: str) -> None:
-  from mirl_jax import evaluate, train  # pylint: disable=import-outside-toplevel
+  from mirl_jax import evaluate, pipeline  # pylint: disable=import-outside-toplevel
   model = models.PromptIR(**config.model)
   index = None if config.eval.ticket < 0 else config.eval.ticket
   params, _, meta = checkpointing.restore_ticket(workdir, index, model=model)
   index = meta.get("round", index if index is not None else max(
       checkpointing.ticket_indices(workdir)))
-  data = train.data_config(config, workdir)
-  train.ensure_demo_data(data)
+  data = pipeline.run_data_config(config, workdir)
+  pipeline.ensure_demo_data(data)
   out = os.path.join(workdir, "eval")
   results = evaluate.evaluate(
       restore.make_forward(model, params), data, seed=config.eval.seed,
@@ -69,10 +69,10 @@ def run_evaluate(config, workdir: str) -> None:
 
 
 def run_prepare(config, workdir: str) -> None:
-  from mirl_jax import datasets, train  # pylint: disable=import-outside-toplevel
-  data = train.data_config(config, workdir)
+  from mirl_jax import datasets, pipeline  # pylint: disable=import-outside-toplevel
+  data = pipeline.run_data_config(config, workdir)
   if data.demo:
-    train.ensure_demo_data(data)
+    pipeline.ensure_demo_data(data)
   else:
     datasets.prepare(data)
   print(f"Datasets ready in {data.data_dir}")

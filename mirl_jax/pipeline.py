@@ -11,7 +11,8 @@ does not depend on worker_count and a restored iterator continues exactly.
 
 Config keys read (besides data.data_dir, data.train_sets, data.test_sets of datasets.py):
 
-    data.batch_size     patches per batch and per process
+    data.batch_size     patches per batch and per process (run_data_config: the
+                        config's global batch divided over the processes)
     data.patch_size     64
     data.sigmas         (15, 25, 50)
     data.repeats        {'denoise': 3, 'derain': 120, 'dehaze': 1}
@@ -28,12 +29,13 @@ Iterator state: `iterator.get_state()` / `set_state()`, or with Orbax
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import grain
 import numpy as np
 
-from mirl_jax import datasets, images
+from mirl_jax import datasets, demo_data, images
 
 TASK_IDS = {task: index for index, task in enumerate(datasets.TASKS)}
 EVAL_MULTIPLE = 16
@@ -238,3 +240,41 @@ def eval_dataset(data_config, eval_set: EvalSet, seed: int = 0) -> grain.IterDat
   source = datasets.data_source('test', eval_set.spec, data_config.data_dir)
   dataset = grain.MapDataset.source(source).map_with_index(_EvalExample(eval_set, int(seed)))
   return dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
+
+
+# ----------------------------------------------------------------------------
+# A run's data config.
+
+def per_process_batch(global_batch: int) -> int:
+  """This process's share of data.batch_size, the global batch (as big_vision's)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = jax.device_count()
+  if global_batch % devices:
+    raise ValueError(f"config.data.batch_size={global_batch} is the global batch and must "
+                     f"divide over all {devices} devices ({jax.process_count()} process(es)): "
+                     f"use a multiple of {devices}")
+  return global_batch // jax.process_count()
+
+
+def run_data_config(config, workdir: str):
+  """config.data as this module reads it: the per-process batch, the demo's sets and folders."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  data.batch_size = per_process_batch(config.data.batch_size)
+  if data.demo:
+    data.manual_dir = data.manual_dir or os.path.join(workdir, "demo", "raw")
+    data.data_dir = data.data_dir or os.path.join(workdir, "demo", "tfds")
+    data.train_sets = tuple(data.train_sets) or demo_data.DEMO_TRAIN_SETS
+    data.test_sets = tuple(data.test_sets) or demo_data.DEMO_TEST_SETS
+  return data
+
+
+def ensure_demo_data(data) -> None:
+  """Builds the demo's sets once (process 0), the others wait for them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if data.demo:
+    if jax.process_index() == 0:
+      demo_data.build_demo(data.manual_dir, data.data_dir)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("demo_data")

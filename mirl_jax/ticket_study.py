@@ -206,14 +206,14 @@ class Study:
       r = summary["round"]
       tickets[r] = checkpointing.restore_ticket(self.imp.workdir, r, model=self.imp.model)
       entries = record(self.workdir, study_entry(
-          IMP, summary, masks_lib.count(*tickets[r][:2])["alive"], None))
+          IMP, summary, masks_lib.count(tickets[r].params, tickets[r].masks)["alive"], None))
     done = {(e["variant"], e["round"]) for e in entries}
     for r in self.levels:
-      alive = masks_lib.count(*tickets[r][:2])["alive"]
+      alive = masks_lib.count(tickets[r].params, tickets[r].masks)["alive"]
       for variant in CONTROLS:
         if (variant, r) in done:
           continue
-        entry = self.train_control(variant, r, tickets[r][1], alive, tickets[0][0])
+        entry = self.train_control(variant, r, tickets[r].masks, alive, tickets[0].params)
         entries = record(self.workdir, entry)
         print(f"{LABELS[variant]} at {100 * entry['remaining']:.2f}% (round {r}): "
               f"mean PSNR {entry['mean_psnr']:.2f} dB, IMP "

@@ -10,17 +10,17 @@ from config.seed, unless the run's theta_0 was imported (theta_0/).
 
 import json
 import os
+from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from tqdm import tqdm
 
 from mirl_jax import checkpointing
 from mirl_jax import convert
-from mirl_jax import demo_data
 from mirl_jax import evaluate
+from mirl_jax import images
 from mirl_jax import lottery
 from mirl_jax import masks as masks_lib
 from mirl_jax import models
@@ -31,41 +31,6 @@ from mirl_jax import rounds
 from mirl_jax import schedule
 from mirl_jax import sparsity
 from mirl_jax import train_step
-
-
-def per_process_batch(global_batch: int) -> int:
-  """This process's share of data.batch_size, the global batch (as big_vision's)."""
-  devices = jax.device_count()
-  if global_batch % devices:
-    raise ValueError(f"config.data.batch_size={global_batch} is the global batch and must "
-                     f"divide over all {devices} devices ({jax.process_count()} process(es)): "
-                     f"use a multiple of {devices}")
-  return global_batch // jax.process_count()
-
-
-def data_config(config, workdir: str) -> ml_collections.ConfigDict:
-  """config.data with the per-process batch, and the demo's sets and folders."""
-  data = ml_collections.ConfigDict(config.data.to_dict())
-  data.batch_size = per_process_batch(config.data.batch_size)
-  if data.demo:
-    data.manual_dir = data.manual_dir or os.path.join(workdir, "demo", "raw")
-    data.data_dir = data.data_dir or os.path.join(workdir, "demo", "tfds")
-    data.train_sets = tuple(data.train_sets) or demo_data.DEMO_TRAIN_SETS
-    data.test_sets = tuple(data.test_sets) or demo_data.DEMO_TEST_SETS
-  return data
-
-
-def ensure_demo_data(data) -> None:
-  if data.demo:
-    if jax.process_index() == 0:
-      demo_data.build_demo(data.manual_dir, data.data_dir)
-    _barrier("demo_data")
-
-
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
 
 
 # What a resumed run may change: how it logs, checkpoints, reads and evaluates,
@@ -136,8 +101,8 @@ class Run:
     self.config, self.workdir = config, workdir
     self.model = models.PromptIR(**config.model)
     self.theta_0 = _imported_theta_0(workdir, self.model, config.lottery.reference_pool)
-    self.data = data_config(config, workdir)
-    ensure_demo_data(self.data)
+    self.data = pipeline.run_data_config(config, workdir)
+    pipeline.ensure_demo_data(self.data)
     self.mesh = train_step.make_mesh()
     self.main = jax.process_index() == 0
     self.key = jax.random.key(config.seed)
@@ -174,7 +139,7 @@ class Run:
       return self.init_params()
     if mode == "late" and self._late is None:
       self._late = checkpointing.restore_ticket(
-          self.workdir, 0, folder=checkpointing.REWIND)[0]
+          self.workdir, 0, folder=checkpointing.REWIND).params
     return lottery.rewind_target(mode, model=self.model, key=self.key,
                                  late_params=self._late)
 
@@ -264,8 +229,8 @@ class Run:
     rows = sparsity.report(params, masks)
     sparsity_dir = os.path.join(self.workdir, "sparsity")
     os.makedirs(sparsity_dir, exist_ok=True)
-    with open(os.path.join(sparsity_dir, f"round_{r:02d}.txt"), "w") as f:
-      f.write(sparsity.table(rows) + "\n")
+    images.write_atomic(Path(sparsity_dir) / f"round_{r:02d}.txt",
+                        (sparsity.table(rows) + "\n").encode())
     print(f"\nRound {r}: {sparsity.summary(rows)} (per layer: {sparsity_dir}/round_{r:02d}.txt)")
     print(evaluate.format_table(results))
     eval_dir = os.path.join(self.workdir, "eval")

@@ -92,8 +92,9 @@ def test_save_restore_and_meta(tmp_path):
   assert checkpointing.ticket_indices(str(tmp_path)) == [0, 1]
   got, got_masks, meta = checkpointing.restore_ticket(str(tmp_path), model=TINY)
   assert meta == {"round": 1} and _equal(got, params1) and _equal(got_masks, masks1)
-  got, _, meta = checkpointing.restore_ticket(str(tmp_path), 0)
-  assert meta == {"round": 0} and _equal(got, params)
+  ticket = checkpointing.restore_ticket(str(tmp_path), 0)
+  assert ticket.meta == {"round": 0} and _equal(ticket.params, params)
+  assert _equal(ticket.masks, masks)
 
 
 def test_restore_errors(tmp_path):

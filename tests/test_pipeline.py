@@ -1,6 +1,7 @@
 """Tests of mirl_jax.pipeline on the demo data: mixture, patches, determinism, resumption, eval."""
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -247,3 +248,13 @@ def test_eval_examples_whole_cropped_images_with_fixed_noise(data_dir):
   assert 18 < residual.std() < 27
   rain = next(iter(pipeline.eval_dataset(config, by_name['derain'])))
   assert not np.array_equal(rain['degraded'], rain['clean'])
+
+
+def test_the_batch_is_global_and_splits_over_devices_and_processes(monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda: 8)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  assert pipeline.per_process_batch(16) == 8
+  with pytest.raises(ValueError, match=r"config.data.batch_size=12 is the global batch .* "
+                                       r"all 8 devices \(2 process\(es\)\): use a multiple of 8"):
+    pipeline.per_process_batch(12)
+

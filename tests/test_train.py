@@ -88,15 +88,6 @@ def test_a_demo_round_in_bfloat16_ends_within_0_3_db_of_float32(tmp_path):
   assert abs(psnr["bfloat16"] - psnr["float32"]) <= 0.3, psnr
 
 
-def test_the_batch_is_global_and_splits_over_devices_and_processes(monkeypatch):
-  monkeypatch.setattr(jax, "device_count", lambda: 8)
-  monkeypatch.setattr(jax, "process_count", lambda: 2)
-  assert train.per_process_batch(16) == 8
-  with pytest.raises(ValueError, match=r"config.data.batch_size=12 is the global batch .* "
-                                       r"all 8 devices \(2 process\(es\)\): use a multiple of 8"):
-    train.per_process_batch(12)
-
-
 def test_a_workdir_from_the_per_device_batch_resumes_at_its_global_batch(monkeypatch):
   monkeypatch.setattr(jax, "device_count", lambda: 4)
   config = _config()
