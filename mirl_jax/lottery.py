@@ -101,6 +101,39 @@ def prune_reference_pool(params: Any, masks: Any, unused: Any, unused_masks: Any
   return new["net"], new["unused"]
 
 
+def random_masks(like, alive: int, rng: np.random.Generator):
+  """`alive` survivors drawn uniformly over every prunable weight of `like`'s tree
+  (the random-pruning control of a ticket study).
+
+  Non-prunable leaves stay None (dense), as everywhere in masks.py.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(like, is_leaf=lambda x: x is None)
+  sizes = [0 if m is None else np.size(m) for m in leaves]
+  flat = np.zeros(sum(sizes), bool)
+  flat[rng.choice(flat.size, alive, replace=False)] = True
+  parts = np.split(flat, np.cumsum(sizes)[:-1])
+  return treedef.unflatten([None if m is None else part.reshape(np.shape(m))
+                            for m, part in zip(leaves, parts)])
+
+
+def one_shot_masks(trained, alive: int):
+  """One global magnitude prune of the dense `trained` params to `alive` survivors
+  (the one-shot control of a ticket study).
+
+  `lottery.prune` drops the weights strictly below the `percent`-th percentile
+  (linear interpolation) of the n alive magnitudes, i.e. of the sorted list at
+  index percent/100 * (n - 1). Putting that index at drop - 1/2 removes exactly
+  the `drop` smallest (of distinct magnitudes), where a plain 100 * drop / n can
+  be off by one either way.
+  """
+  dense = masks_lib.dense_masks(trained)
+  n = masks_lib.count(trained, masks_lib.masks_from_params(trained))["alive"]
+  drop = n - alive
+  if drop <= 0:
+    return dense
+  return prune(trained, dense, 100.0 * (drop - 0.5) / (n - 1), "global")
+
+
 # ----------------------------------------------------------------------------
 # Rewinding.
 

@@ -4,6 +4,7 @@ Only process 0 writes; every writer here replaces its file atomically, so a
 run killed mid-write never leaves a truncated summary or image behind.
 """
 
+import io
 import json
 import os
 from pathlib import Path
@@ -34,17 +35,28 @@ class TensorBoard:
       self._writer.flush()
 
 
-def read_summary(workdir: str) -> list[dict]:
-  path = Path(workdir) / SUMMARY
+def read_entries(path) -> list[dict]:
+  """The entries of a JSON list file (summary.json, study.json); [] if there is none."""
+  path = Path(path)
   return json.loads(path.read_text()) if path.exists() else []
+
+
+def update_entries(path, entry: dict, key) -> list[dict]:
+  """Adds `entry` or replaces the one with the same key(entry), atomically; returns all
+  entries sorted by key."""
+  entries = [e for e in read_entries(path) if key(e) != key(entry)]
+  entries = sorted(entries + [entry], key=key)
+  images.write_atomic(path, json.dumps(entries, indent=2).encode())
+  return entries
+
+
+def read_summary(workdir: str) -> list[dict]:
+  return read_entries(Path(workdir) / SUMMARY)
 
 
 def update_summary(workdir: str, entry: dict) -> list[dict]:
   """Adds or replaces the entry of entry['round']; returns all entries by round."""
-  entries = [e for e in read_summary(workdir) if e["round"] != entry["round"]]
-  entries = sorted(entries + [entry], key=lambda e: e["round"])
-  images.write_atomic(Path(workdir) / SUMMARY, json.dumps(entries, indent=2).encode())
-  return entries
+  return update_entries(Path(workdir) / SUMMARY, entry, key=lambda e: e["round"])
 
 
 def summary_entry(round_index: int, counts: dict, results: list[dict]) -> dict:
@@ -74,13 +86,19 @@ def plot_psnr(workdir: str, entries: list[dict]) -> Path:
   ax.set_ylabel("PSNR (dB)")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
   path = Path(workdir) / "psnr_vs_remaining.png"
-  tmp = path.with_name(".psnr_vs_remaining.tmp.png")
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  save_figure(fig, path)
   return path
+
+
+def save_figure(fig, path) -> None:
+  """A matplotlib figure as a PNG, written atomically (images.write_atomic); closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=110)
+  plt.close(fig)
+  images.write_atomic(path, buffer.getvalue())
 
 
 def sample_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],

@@ -23,7 +23,6 @@ at once and skipped on restart. study.md (tables) and study.png (mean PSNR
 against the remaining weights) are written at the end.
 """
 
-import json
 import os
 import time
 from pathlib import Path
@@ -74,40 +73,6 @@ def levels(config) -> list[int]:
   return sorted(set(range(every, last + 1, every)) | {last})
 
 
-# ----------------------------------------------------------------------------
-# The controls' masks and starting params.
-
-def random_masks(like, alive: int, rng: np.random.Generator):
-  """`alive` survivors drawn uniformly over every prunable weight of `like`'s tree.
-
-  Non-prunable leaves stay None (dense), as everywhere in masks.py.
-  """
-  leaves, treedef = jax.tree_util.tree_flatten(like, is_leaf=lambda x: x is None)
-  sizes = [0 if m is None else np.size(m) for m in leaves]
-  flat = np.zeros(sum(sizes), bool)
-  flat[rng.choice(flat.size, alive, replace=False)] = True
-  parts = np.split(flat, np.cumsum(sizes)[:-1])
-  return treedef.unflatten([None if m is None else part.reshape(np.shape(m))
-                            for m, part in zip(leaves, parts)])
-
-
-def one_shot_masks(trained, alive: int):
-  """One global magnitude prune of the dense `trained` params to `alive` survivors.
-
-  `lottery.prune` drops the weights strictly below the `percent`-th percentile
-  (linear interpolation) of the n alive magnitudes, i.e. of the sorted list at
-  index percent/100 * (n - 1). Putting that index at drop - 1/2 removes exactly
-  the `drop` smallest (of distinct magnitudes), where a plain 100 * drop / n can
-  be off by one either way.
-  """
-  dense = masks_lib.dense_masks(trained)
-  n = masks_lib.count(trained, masks_lib.masks_from_params(trained))["alive"]
-  drop = n - alive
-  if drop <= 0:
-    return dense
-  return lottery.prune(trained, dense, 100.0 * (drop - 0.5) / (n - 1), "global")
-
-
 class StudyRun(train.Run):
   """A `train.Run` sharing the model and optimizer of `like`.
 
@@ -135,18 +100,13 @@ def study_entry(variant: str, summary: dict, alive: int, seconds: float | None) 
 
 
 def read_study(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, STUDY)
-  return json.loads(Path(path).read_text()) if os.path.exists(path) else []
+  return reports.read_entries(Path(workdir) / STUDY)
 
 
 def record(workdir: str, entry: dict) -> list[dict]:
   """Adds or replaces the entry of (variant, round), atomically; returns all entries."""
-  key = lambda e: (e["round"], VARIANTS.index(e["variant"]))
-  entries = [e for e in read_study(workdir) if key(e) != key(entry)]
-  entries = sorted(entries + [entry], key=key)
-  images.write_atomic(
-      Path(workdir) / STUDY, json.dumps(entries, indent=2).encode())
-  return entries
+  return reports.update_entries(Path(workdir) / STUDY, entry,
+                                key=lambda e: (e["round"], VARIANTS.index(e["variant"])))
 
 
 # ----------------------------------------------------------------------------
@@ -173,9 +133,9 @@ class Study:
       fresh = lottery.rewind_target("random", model=self.imp.model, key=self.imp.key)
       return lottery.rewind(fresh, imp_masks, fresh), imp_masks
     if variant == "random_prune":
-      masks = random_masks(imp_masks, alive, np.random.default_rng([self.config.seed, r]))
+      masks = lottery.random_masks(imp_masks, alive, np.random.default_rng([self.config.seed, r]))
     else:
-      masks = one_shot_masks(dense, alive)
+      masks = lottery.one_shot_masks(dense, alive)
     # Prompts kept trained (config.lottery.keep_trained_prompts) come from round 0.
     params = lottery.rewind(dense, masks, self.imp.rewind_source(r),
                             keep_trained=self.config.lottery.keep_trained_prompts)
@@ -294,11 +254,7 @@ def plot(path: str, entries: list[dict]) -> None:
   ax.set(xlabel="remaining prunable weights (%)", ylabel="mean PSNR (dB)")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  tmp = f"{path}.tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  reports.save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------

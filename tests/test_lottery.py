@@ -145,3 +145,25 @@ def test_init_is_bitwise_reproducible_and_random_control_differs():
   b = random["encoder_level1_0"]["attn"]["qkv"]["kernel"]
   assert not np.array_equal(np.asarray(a), np.asarray(b))
   assert np.std(np.asarray(b)) == pytest.approx(np.std(np.asarray(a)), rel=0.3)
+
+
+def _alive(masks) -> int:
+  return sum(int(np.sum(m)) for m in jax.tree.leaves(masks))
+
+
+def test_one_shot_and_random_masks_keep_exactly_the_asked_survivors():
+  rng = np.random.default_rng(0)
+  params = {"conv": {"kernel": rng.normal(size=(3, 3, 4, 5)).astype(np.float32),
+                     "bias": np.zeros(5, np.float32)},
+            "norm": {"scale": rng.normal(size=7).astype(np.float32)}}
+  total = 3 * 3 * 4 * 5 + 7
+  magnitudes = np.sort(np.abs(np.concatenate([params["conv"]["kernel"].ravel(),
+                                              params["norm"]["scale"]])))
+  for alive in (1, 10, 99, 150, total):
+    masks = lottery.one_shot_masks(params, alive)
+    assert masks["conv"]["bias"] is None and _alive(masks) == alive
+    kept = np.abs(np.concatenate([params["conv"]["kernel"][masks["conv"]["kernel"]],
+                                  params["norm"]["scale"][masks["norm"]["scale"]]]))
+    np.testing.assert_array_equal(np.sort(kept), magnitudes[total - alive:])  # the largest
+    masks = lottery.random_masks(masks_lib.dense_masks(params), alive, rng)
+    assert masks["conv"]["bias"] is None and _alive(masks) == alive

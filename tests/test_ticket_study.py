@@ -103,20 +103,3 @@ def test_a_rerun_skips_finished_work(study, monkeypatch):
   for a, b in zip(sorted(before, key=key), sorted(after, key=key)):
     assert a["psnr"] == pytest.approx(b["psnr"])
 
-
-def test_one_shot_and_random_masks_keep_exactly_the_asked_survivors():
-  rng = np.random.default_rng(0)
-  params = {"conv": {"kernel": rng.normal(size=(3, 3, 4, 5)).astype(np.float32),
-                     "bias": np.zeros(5, np.float32)},
-            "norm": {"scale": rng.normal(size=7).astype(np.float32)}}
-  total = 3 * 3 * 4 * 5 + 7
-  magnitudes = np.sort(np.abs(np.concatenate([params["conv"]["kernel"].ravel(),
-                                              params["norm"]["scale"]])))
-  for alive in (1, 10, 99, 150, total):
-    masks = ticket_study.one_shot_masks(params, alive)
-    assert masks["conv"]["bias"] is None and _alive(masks) == alive
-    kept = np.abs(np.concatenate([params["conv"]["kernel"][masks["conv"]["kernel"]],
-                                  params["norm"]["scale"][masks["norm"]["scale"]]]))
-    np.testing.assert_array_equal(np.sort(kept), magnitudes[total - alive:])  # the largest
-    masks = ticket_study.random_masks(masks_lib.dense_masks(params), alive, rng)
-    assert masks["conv"]["bias"] is None and _alive(masks) == alive
