@@ -15,6 +15,7 @@ import numpy as np
 
 from mirl_jax import checkpointing
 from mirl_jax import convert
+from mirl_jax import models
 
 #: File name endings per format: those `--mode import` reads back.
 FORMATS = {"torch": (".pth", ".pt", ".ckpt"), "npz": (".npz",)}
@@ -95,3 +96,16 @@ def write(tensors: dict[str, np.ndarray], path: str, fmt: str, lightning: bool =
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def export_ticket(config, workdir: str) -> int:
+  """--mode export: config.export's ticket of `workdir` to its file; returns the ticket's index."""
+  cfg = config.export
+  check_output(cfg.output, cfg.format, cfg.overwrite)  # before anything is read
+  model = models.PromptIR(**config.model)
+  index = None if cfg.ticket < 0 else cfg.ticket
+  params, _, meta = checkpointing.restore_ticket(workdir, index, model=model)
+  index = max(checkpointing.ticket_indices(workdir)) if index is None else index
+  write(state_dict(params, unused_convs(workdir, index, model, meta, config.seed)), cfg.output,
+        cfg.format, cfg.lightning)
+  return index

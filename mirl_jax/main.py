@@ -93,13 +93,7 @@ def run_import(config, workdir: str) -> None:
 
 def run_export(config, workdir: str) -> None:
   cfg = config.export
-  export.check_output(cfg.output, cfg.format, cfg.overwrite)  # before anything is read
-  model = models.PromptIR(**config.model)
-  index = None if cfg.ticket < 0 else cfg.ticket
-  params, _, meta = checkpointing.restore_ticket(workdir, index, model=model)
-  index = max(checkpointing.ticket_indices(workdir)) if index is None else index
-  unused = export.unused_convs(workdir, index, model, meta, config.seed)
-  export.write(export.state_dict(params, unused), cfg.output, cfg.format, cfg.lightning)
+  index = export.export_ticket(config, workdir)
   print(f"Exported ticket {index} of {workdir} to {cfg.output} ({cfg.format}"
         f"{', Lightning layout' if cfg.lightning else ''})")
 

@@ -1,7 +1,9 @@
 """What a run shows: TensorBoard scalars, summary.json, PSNR plot, sample grids.
 
-Only process 0 writes; every writer here replaces its file atomically, so a
-run killed mid-write never leaves a truncated summary or image behind.
+`report_round` writes all of a ticket's reports; training, the ticket study's
+controls and `--mode evaluate` share it. Only process 0 writes; every writer
+here replaces its file atomically, so a run killed mid-write never leaves a
+truncated summary or image behind.
 """
 
 import io
@@ -127,3 +129,32 @@ def write_samples(forward, data_config, seed: int, path: str) -> None:
     restored = np.asarray(forward(example["degraded"]))[0]
     rows.append((example["degraded"][0], restored, example["clean"][0]))
   images.write_png(path, sample_grid(rows))
+
+
+def report_round(workdir: str, r: int, model, params, masks, data_config, seed: int,
+                 tb: "TensorBoard | None" = None, progress: bool = True) -> dict:
+  """Evaluates ticket r and writes its reports; returns its summary.json entry.
+
+  WORKDIR/sparsity/round_RR.txt (per layer), eval/round_RR.md and .json (the
+  test sets), summary.json (one entry per round) with psnr_vs_remaining.png,
+  samples_round_RR.png; TensorBoard scalars at step r if `tb` is given.
+  """
+  from mirl_jax import evaluate, masks as masks_lib, restore, sparsity  # pylint: disable=import-outside-toplevel
+  counts = masks_lib.count(params, masks)
+  forward = restore.make_forward(model, params)
+  results = evaluate.evaluate(forward, data_config, seed=seed, progress=progress)
+  rows = sparsity.report(params, masks)
+  table = Path(workdir) / "sparsity" / f"round_{r:02d}.txt"
+  images.write_atomic(table, (sparsity.table(rows) + "\n").encode())
+  print(f"\nRound {r}: {sparsity.summary(rows)} (per layer: {table})")
+  print(evaluate.format_table(results))
+  evaluate.write_reports(results, os.path.join(workdir, "eval"), stem=f"round_{r:02d}")
+  entry = summary_entry(r, counts, results)
+  plot_psnr(workdir, update_summary(workdir, entry))
+  write_samples(forward, data_config, seed, os.path.join(workdir, f"samples_round_{r:02d}.png"))
+  if tb is not None:
+    tb.scalars(r, {"sparsity/remaining": counts["remaining"],
+                   **{f"eval/{e['degradation']}/{e['dataset']}/{k}": e[k]
+                      for e in results for k in ("psnr", "ssim")}})
+    tb.flush()
+  return entry

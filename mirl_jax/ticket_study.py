@@ -4,7 +4,7 @@ r"""Is the IMP ticket a winning ticket? The same sparsity reached four ways, tra
 
 A lottery-ticket claim needs controls. At each sparsity level of an IMP run the
 study trains, with exactly an IMP round's settings (epochs, schedule, and the
-data order of that round, via `train.Run.train_round`):
+data order of that round, via `train.Run.train_round` and one `train.Trainer`):
 
   (a) imp           the method: a normal run in WORKDIR/imp (its tickets and
                     summary.json give the masks and PSNR of every round);
@@ -17,7 +17,8 @@ data order of that round, via `train.Run.train_round`):
 (a) above (b) says its init matters, above (c) that its masks do, above (d)
 that pruning iteratively does. (b)-(d) are trained at every
 `config.study.every`-th pruned round and the last, each in its own folder
-(WORKDIR/<variant>: mid-round checkpoints and one ticket per level), so a
+(WORKDIR/<variant>: mid-round checkpoints, one ticket per level and the same
+reports as a run's round, reports.report_round), so a
 preempted study resumes: every finished training is added to WORKDIR/study.json
 at once and skipped on restart. study.md (tables) and study.png (mean PSNR
 against the remaining weights) are written at the end.
@@ -29,7 +30,6 @@ from pathlib import Path
 
 from mirl_jax import runtime  # first: it sets XLA's flags before JAX starts
 
-import jax  # pylint: disable=wrong-import-position
 import ml_collections  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from absl import app  # pylint: disable=wrong-import-position
@@ -38,12 +38,10 @@ from ml_collections import config_flags
 
 from mirl_jax import checkpointing
 from mirl_jax import config_keys
-from mirl_jax import evaluate
 from mirl_jax import images
 from mirl_jax import lottery
 from mirl_jax import masks as masks_lib
 from mirl_jax import reports
-from mirl_jax import restore
 from mirl_jax import train
 
 IMP = "imp"
@@ -71,19 +69,6 @@ def levels(config) -> list[int]:
   if last < 1 or every < 1:
     raise ValueError(f"lottery.rounds={last}, study.every={every}: expected both >= 1")
   return sorted(set(range(every, last + 1, every)) | {last})
-
-
-class StudyRun(train.Run):
-  """A `train.Run` sharing the model and optimizer of `like`.
-
-  The optimizer is static in the train state: sharing it lets the study's
-  dozens of trainings, each in its own Run, use one compiled step.
-  """
-
-  def __init__(self, config, workdir: str, like: "StudyRun | None" = None):
-    super().__init__(config, workdir)
-    if like is not None:
-      self.model, self._lr_tx = like.model, like._optimizer()
 
 
 # ----------------------------------------------------------------------------
@@ -118,13 +103,14 @@ class Study:
   def __init__(self, config, workdir: str):
     self.config, self.levels, self.workdir = run_config(config, workdir), levels(config), workdir
     os.makedirs(workdir, exist_ok=True)
-    self.imp = StudyRun(self.config, os.path.join(workdir, IMP))
+    self.trainer = train.Trainer(self.config, workdir)  # one compiled step for every training
+    self.imp = train.Run(self.config, os.path.join(workdir, IMP), self.trainer)
     self.runs = {}
 
-  def run_for(self, variant: str) -> StudyRun:
+  def run_for(self, variant: str) -> train.Run:
     if variant not in self.runs:
-      self.runs[variant] = StudyRun(self.config, os.path.join(self.workdir, variant),
-                                    like=self.imp)
+      self.runs[variant] = train.Run(self.config, os.path.join(self.workdir, variant),
+                                     self.trainer)
     return self.runs[variant]
 
   def start(self, variant: str, r: int, imp_masks, alive: int, dense):
@@ -137,12 +123,12 @@ class Study:
     else:
       masks = lottery.one_shot_masks(dense, alive)
     # Prompts kept trained (config.lottery.keep_trained_prompts) come from round 0.
-    params = lottery.rewind(dense, masks, self.imp.rewind_source(r),
+    params = lottery.rewind(dense, masks, self.imp.rewind_target(),
                             keep_trained=self.config.lottery.keep_trained_prompts)
     return params, masks
 
   def train_control(self, variant: str, r: int, imp_masks, alive: int, dense) -> dict:
-    """Trains one control at level r (or takes its ticket) and evaluates it."""
+    """Trains one control at level r (or takes its ticket) and reports it as a run's round."""
     run, began = self.run_for(variant), time.time()
     if r in checkpointing.ticket_indices(run.workdir):  # trained, not yet recorded
       params, masks, _ = checkpointing.restore_ticket(run.workdir, r, model=run.model)
@@ -151,11 +137,10 @@ class Study:
       params = run.train_round(r, params, masks)
       checkpointing.save_ticket(run.workdir, r, params, masks, dict(
           run.meta, round=r, variant=variant, **masks_lib.count(params, masks)))
-    counts = masks_lib.count(params, masks)
-    results = evaluate.evaluate(restore.make_forward(run.model, params), run.data,
-                                seed=self.config.eval.seed, progress=False)
-    summary = reports.summary_entry(r, counts, results)
-    return study_entry(variant, summary, counts["alive"], time.time() - began)
+    summary = reports.report_round(run.workdir, r, run.model, params, masks, self.trainer.data,
+                                   self.config.eval.seed, progress=False)
+    return study_entry(variant, summary, masks_lib.count(params, masks)["alive"],
+                       time.time() - began)
 
   def run(self) -> list[dict]:
     began = time.time()

@@ -1,6 +1,8 @@
 """Runs MIR-L: dense round 0, then prune, rewind and retrain, round after round.
 
-Everything a preempted run needs to continue lives in the workdir: one ticket
+A `Trainer` holds what a config fixes for every training (model, mesh, data,
+schedule, optimizer, compiled step); a `Run` is one IMP run in a workdir, and
+its `train()` is the round loop. Everything a preempted run needs to continue lives in the workdir: one ticket
 per finished round (tickets/<round>), and mid-round checkpoints (params,
 masks, optimizer and data-iterator state) under checkpoints/. Restarting with
 the same workdir resumes from the latest of them and ends with the same
@@ -9,8 +11,6 @@ from config.seed, unless the run's theta_0 was imported (theta_0/).
 """
 
 import json
-import os
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -19,17 +19,12 @@ from tqdm import tqdm
 
 from mirl_jax import checkpointing
 from mirl_jax import convert
-from mirl_jax import evaluate
-from mirl_jax import images
 from mirl_jax import lottery
 from mirl_jax import masks as masks_lib
 from mirl_jax import models
 from mirl_jax import pipeline
 from mirl_jax import reports
-from mirl_jax import restore
-from mirl_jax import rounds
 from mirl_jax import schedule
-from mirl_jax import sparsity
 from mirl_jax import train_step
 
 
@@ -94,32 +89,52 @@ def _imported_theta_0(workdir: str, model, reference_pool: bool):
   return None if theta_0 is None else theta_0[:2]
 
 
-class Run:
-  """One IMP run in a workdir; `train()` starts or resumes it."""
+class Trainer:
+  """What a config fixes for every training it runs: a run's rounds, or a study's.
 
-  def __init__(self, config, workdir: str):
-    self.config, self.workdir = config, workdir
+  The optimizer is static in the train state, so one Trainer means one compiled
+  step for all of them.
+  """
+
+  def __init__(self, config, data_workdir: str):
+    cfg = config.train
+    self.config = config
     self.model = models.PromptIR(**config.model)
-    self.theta_0 = _imported_theta_0(workdir, self.model, config.lottery.reference_pool)
-    self.data = pipeline.run_data_config(config, workdir)
+    self.data = pipeline.run_data_config(config, data_workdir)
     pipeline.ensure_demo_data(self.data)
     self.mesh = train_step.make_mesh()
-    self.main = jax.process_index() == 0
-    self.key = jax.random.key(config.seed)
-    self.run_config = json.loads(config.to_json())
-    # With the config, a checkpoint says how to re-create its run and its theta_0.
-    self.meta = dict(config=self.run_config, batch="global",
-                     init_key=np.asarray(jax.random.key_data(self.key)).tolist())
     self.steps_per_epoch = pipeline.steps_per_epoch(self.data)
-    self.steps_per_round = config.train.epochs * self.steps_per_epoch
-    self.checkpoints = checkpointing.TrainCheckpoints(workdir)
-    self.tb = reports.TensorBoard(workdir, self.main)
-    self.step_fn = train_step.make_train_step(self.mesh,
-                                              microbatches=config.train.get("microbatches", 1))
-    self._late = None
-    self._lr_tx = None
+    self.steps_per_round = cfg.epochs * self.steps_per_epoch
+    self.lr = schedule.optax_schedule(cfg.learning_rate, cfg.warmup_epochs, cfg.epochs,
+                                      self.steps_per_epoch, per_epoch=cfg.lr_per_epoch)
+    self.tx = train_step.make_optimizer(self.lr, weight_decay=cfg.weight_decay)
+    self.step_fn = train_step.make_train_step(self.mesh, microbatches=cfg.get("microbatches", 1))
 
-  # -- rewinding -------------------------------------------------------------
+  def round_data(self, r: int):
+    """Round r's data order: the same in a run, its resumption and a study's controls."""
+    return pipeline.train_data(self.data, seed=self.config.seed + r,
+                               num_epochs=self.config.train.epochs).iterator()
+
+
+class Run:
+  """One IMP run in a workdir: its checkpoints, tickets, reports and logs."""
+
+  def __init__(self, config, workdir: str, trainer: Trainer | None = None):
+    self.config, self.workdir = config, workdir
+    self.model = models.PromptIR(**config.model)
+    # Checked before a Trainer reads any data.
+    self.theta_0 = _imported_theta_0(workdir, self.model, config.lottery.reference_pool)
+    self.trainer = trainer or Trainer(config, workdir)
+    self.is_main = jax.process_index() == 0
+    self.key = jax.random.key(config.seed)
+    # With the config, a checkpoint says how to re-create its run and its theta_0.
+    self.meta = dict(config=json.loads(config.to_json()), batch="global",
+                     init_key=np.asarray(jax.random.key_data(self.key)).tolist())
+    self.checkpoints = checkpointing.TrainCheckpoints(workdir)
+    self.tb = reports.TensorBoard(workdir, self.is_main)
+    self._late = None
+
+  # -- where survivors go back to ----------------------------------------------
 
   def init_params(self):
     if self.theta_0 is not None:
@@ -132,8 +147,8 @@ class Run:
       return self.theta_0[1]
     return convert.unused_init(self.model, self.key)
 
-  def rewind_source(self, round_index: int):
-    del round_index
+  def rewind_target(self):
+    """The params every pruned round rewinds to (config.lottery.rewind)."""
     mode = self.config.lottery.rewind
     if mode == "init":
       return self.init_params()
@@ -145,105 +160,70 @@ class Run:
 
   # -- one round -------------------------------------------------------------
 
-  def _optimizer(self):
-    """Every round's schedule and AdamW: built once, since the optimizer is static
-    in the train state and a new one would re-trace and re-compile the step."""
-    if self._lr_tx is None:
-      cfg = self.config.train
-      lr = schedule.optax_schedule(cfg.learning_rate, cfg.warmup_epochs, cfg.epochs,
-                                   self.steps_per_epoch, per_epoch=cfg.lr_per_epoch)
-      self._lr_tx = lr, train_step.make_optimizer(lr, weight_decay=cfg.weight_decay)
-    return self._lr_tx
-
   def train_round(self, r: int, params, masks):
-    """Trains round r from `params` or from its mid-round checkpoint."""
-    lr, tx = self._optimizer()
-    state = train_step.create_train_state(self.model, params, tx)
-    stored_masks = masks if masks is not None else masks_lib.dense_masks(params)
-    iterator = pipeline.train_data(self.data, seed=self.config.seed + r,
-                                   num_epochs=self.config.train.epochs).iterator()
+    """Trains round r from `params` (or from its mid-round checkpoint); returns numpy params.
+
+    Round 0 runs the masked step too, with all-True masks: the same arithmetic
+    (where(True, x, 0) is x), and one compiled step for the whole run, not two.
+    """
+    trainer, cfg = self.trainer, self.config.train
+    steps = trainer.steps_per_round
+    state = train_step.create_train_state(self.model, params, trainer.tx)
+    iterator = trainer.round_data(r)
     start = 0
     saved = self.checkpoints.latest_meta()
     if saved is not None and saved["round"] == r:
       state, restored_masks = self.checkpoints.restore(saved["step"], state, iterator)
       if not all(np.array_equal(a, b) for a, b in zip(
-          jax.tree.leaves(restored_masks), jax.tree.leaves(stored_masks))):
+          jax.tree.leaves(restored_masks), jax.tree.leaves(masks))):
         raise ValueError(f"The checkpoint of round {r} in {self.workdir} has other masks "
                          "than its tickets give: was the config changed?")
       start = saved["step_in_round"]
-      logging.warning("Resuming round %d at step %d of %d", r, start, self.steps_per_round)
-    state = train_step.replicate(self.mesh, state)
-    # Round 0 runs the masked step too, with all-True masks: the same arithmetic
-    # (where(True, x, 0) is x), and one compiled step for the whole run, not two.
-    device_masks = train_step.replicate(self.mesh, stored_masks)
-    bar = tqdm(total=self.steps_per_round, initial=start, desc=f"round {r}", unit="step",
-               disable=not self.main, dynamic_ncols=True)
-    global_base = r * self.steps_per_round
-    batches = ((b["degraded"], b["clean"]) for b in
-               (next(iterator) for _ in range(start, self.steps_per_round)))
+      logging.warning("Resuming round %d at step %d of %d", r, start, steps)
+    state = train_step.replicate(trainer.mesh, state)
+    bar = tqdm(total=steps, initial=start, desc=f"round {r}", unit="step",
+               disable=not self.is_main, dynamic_ncols=True)
+    # run_steps calls after_step before it pulls the next batch, so a checkpoint
+    # saves the iterator positioned at the first batch not yet trained on.
+    batches = ((b["degraded"], b["clean"]) for b in (next(iterator) for _ in range(start, steps)))
 
     def after_step(step, state, metrics):
       done = step + 1
       if r == 0 and self.config.lottery.rewind == "late" and done == self.config.lottery.late_step:
-        checkpointing.save_ticket(self.workdir, 0, _host(state.params),
-                                  masks_lib.dense_masks(params), {"step": done},
+        checkpointing.save_ticket(self.workdir, 0, _host(state.params), masks, {"step": done},
                                   folder=checkpointing.REWIND)
-      if done % self.config.train.log_every_steps == 0 or done == self.steps_per_round:
+      if done % cfg.log_every_steps == 0 or done == steps:
         loss = float(metrics["loss"])
         bar.set_postfix(loss=f"{loss:.4f}")
-        self.tb.scalars(global_base + done, {"train/loss": loss, "train/lr": lr(step),
-                                              "train/grad_norm": float(metrics["grad_norm"])})
-      if done % self.config.train.checkpoint_every_steps == 0 and done < self.steps_per_round:
+        self.tb.scalars(r * steps + done, {"train/loss": loss, "train/lr": trainer.lr(step),
+                                           "train/grad_norm": float(metrics["grad_norm"])})
+      if done % cfg.checkpoint_every_steps == 0 and done < steps:
         train_step.check_finite(metrics, r, step)  # never checkpoint a NaN
-        self.checkpoints.save(global_base + done, _host(state), stored_masks, iterator,
+        self.checkpoints.save(r * steps + done, _host(state), masks, iterator,
                               dict(self.meta, round=r, step_in_round=done))
       bar.update(1)
 
-    state = train_step.run_steps(self.step_fn, self.mesh, state, device_masks, batches,
+    state = train_step.run_steps(trainer.step_fn, trainer.mesh, state,
+                                 train_step.replicate(trainer.mesh, masks), batches,
                                  round_index=r, callback=after_step)
     bar.close()
     if hasattr(iterator, "close"):
       iterator.close()
     return _host(state.params)
 
-  # -- between rounds ---------------------------------------------------------
-
-  def end_round(self, result: rounds.RoundResult) -> None:
-    """Ticket first (it marks the round done), then evaluation and reports."""
-    r = result.round_index
-    counts = masks_lib.count(result.params, result.masks)
-    if result.unused_masks is not None:  # before the ticket: a ticket means all is saved
+  def save_ticket(self, r: int, params, masks, unused_masks=None) -> None:
+    """Round r's ticket: it marks the round done, so whatever goes with it is saved first."""
+    if unused_masks is not None:
       unused = self.unused_init()
-      checkpointing.save_unused(self.workdir, r, lottery.rewind(unused, result.unused_masks,
-                                                                unused), result.unused_masks)
-    checkpointing.save_ticket(self.workdir, r, result.params, result.masks,
-                              dict(self.meta, round=r, **counts))
-    self.report_round(r, result.params, result.masks)
+      checkpointing.save_unused(self.workdir, r, lottery.rewind(unused, unused_masks, unused),
+                                unused_masks)
+    checkpointing.save_ticket(self.workdir, r, params, masks,
+                              dict(self.meta, round=r, **masks_lib.count(params, masks)))
 
-  def report_round(self, r: int, params, masks) -> None:
-    if not self.main:  # evaluation is local work: one process does it for all
-      return
-    counts = masks_lib.count(params, masks)
-    forward = restore.make_forward(self.model, params)
-    results = evaluate.evaluate(forward, self.data, seed=self.config.eval.seed)
-    rows = sparsity.report(params, masks)
-    sparsity_dir = os.path.join(self.workdir, "sparsity")
-    os.makedirs(sparsity_dir, exist_ok=True)
-    images.write_atomic(Path(sparsity_dir) / f"round_{r:02d}.txt",
-                        (sparsity.table(rows) + "\n").encode())
-    print(f"\nRound {r}: {sparsity.summary(rows)} (per layer: {sparsity_dir}/round_{r:02d}.txt)")
-    print(evaluate.format_table(results))
-    eval_dir = os.path.join(self.workdir, "eval")
-    os.makedirs(eval_dir, exist_ok=True)
-    evaluate.write_reports(results, eval_dir, stem=f"round_{r:02d}")
-    entries = reports.update_summary(self.workdir, reports.summary_entry(r, counts, results))
-    reports.plot_psnr(self.workdir, entries)
-    reports.write_samples(forward, self.data, self.config.eval.seed,
-                          os.path.join(self.workdir, f"samples_round_{r:02d}.png"))
-    self.tb.scalars(r, {"sparsity/remaining": counts["remaining"],
-                        **{f"eval/{e['degradation']}/{e['dataset']}/{k}": e[k]
-                           for e in results for k in ("psnr", "ssim")}})
-    self.tb.flush()
+  def report(self, r: int, params, masks) -> None:
+    if self.is_main:  # evaluation is local work: one process does it for all
+      reports.report_round(self.workdir, r, self.model, params, masks, self.trainer.data,
+                           self.config.eval.seed, tb=self.tb)
 
   # -- the run ----------------------------------------------------------------
 
@@ -255,7 +235,7 @@ class Run:
     if saved is None or "config" not in saved:  # fresh, or imported tickets
       return
     per_device = saved.get("batch") != "global"  # saved when the batch was per device
-    changes = config_changes(saved["config"], self.run_config, per_device_batch=per_device)
+    changes = config_changes(saved["config"], self.meta["config"], per_device_batch=per_device)
     hint = ""
     if per_device and any(c.startswith("data.batch_size:") for c in changes):
       b, n = saved["config"]["data"]["batch_size"], jax.device_count()
@@ -267,16 +247,35 @@ class Run:
           "; ".join(changes) + ")" + hint +
           ": resume with the saved values, or use a new --workdir")
 
-  def train(self) -> rounds.RoundResult | None:
+  def _unused_masks(self, last: int):
+    """The unused convs' masks after ticket `last`, for the reference's pool."""
+    if last < 0:
+      return masks_lib.dense_masks(self.unused_init())
+    stored = checkpointing.restore_unused(self.workdir, last)
+    if stored is None:
+      raise ValueError(f"ticket {last} of {self.workdir} was saved without the unused convs "
+                       "that lottery.reference_pool=True prunes (unused/): the run did not "
+                       "start with it, and cannot continue with it")
+    return stored[1]
+
+  def train(self) -> checkpointing.Ticket | None:
+    """The IMP loop; returns the last round's ticket (None if all rounds were done).
+
+    Starting or resuming:
+      1. refuse a config that would change the experiment;
+      2. report the rounds whose ticket was saved but whose reports were not;
+      3. start after the newest ticket, from it (none: theta_0, dense masks);
+         a round that was checkpointed mid-way resumes there (train_round).
+    """
+    cfg = self.config.lottery
     done = checkpointing.ticket_indices(self.workdir)
-    self.check_config(done)
+    self.check_config(done)  # 1
     reported = {e["round"] for e in reports.read_summary(self.workdir)}
-    for r in done:  # a run stopped between its ticket and its reports
-      if r not in reported:
-        params, masks, _ = checkpointing.restore_ticket(self.workdir, r, model=self.model)
-        self.report_round(r, params, masks)
-    last = max(done) if done else -1
-    if last >= self.config.lottery.rounds:
+    for r in sorted(set(done) - reported):  # 2
+      ticket = checkpointing.restore_ticket(self.workdir, r, model=self.model)
+      self.report(r, ticket.params, ticket.masks)
+    last = max(done, default=-1)  # 3
+    if last >= cfg.rounds:
       logging.warning("All %d rounds are done in %s", last + 1, self.workdir)
       return None
     if last < 0:
@@ -284,25 +283,21 @@ class Run:
       masks = masks_lib.dense_masks(params)
     else:
       params, masks, _ = checkpointing.restore_ticket(self.workdir, last, model=self.model)
-    cfg = self.config.lottery
-    return rounds.run(params, masks, train_round=self.train_round,
-                      rewind_source=self.rewind_source, num_rounds=cfg.rounds,
-                      percent=cfg.percent, scope=cfg.scope,
-                      keep_trained=cfg.keep_trained_prompts, start_round=last + 1,
-                      unused=self._unused_pool(last) if cfg.reference_pool else None,
-                      on_round_end=self.end_round)
+    unused_masks = self._unused_masks(last) if cfg.reference_pool else None
 
-  def _unused_pool(self, last: int) -> tuple:
-    """(theta_0, masks after ticket `last`) of the unused convs, for the reference's pool."""
-    init = self.unused_init()
-    if last < 0:
-      return init, masks_lib.dense_masks(init)
-    stored = checkpointing.restore_unused(self.workdir, last)
-    if stored is None:
-      raise ValueError(f"ticket {last} of {self.workdir} was saved without the unused convs "
-                       "that lottery.reference_pool=True prunes (unused/): the run did not "
-                       "start with it, and cannot continue with it")
-    return init, stored[1]
+    for r in range(last + 1, cfg.rounds + 1):
+      if r > 0:  # prune the trained net, rewind the survivors
+        if unused_masks is None:
+          masks = lottery.prune(params, masks, cfg.percent, cfg.scope)
+        else:
+          masks, unused_masks = lottery.prune_reference_pool(
+              params, masks, self.unused_init(), unused_masks, cfg.percent)
+        params = lottery.rewind(params, masks, self.rewind_target(),
+                                keep_trained=cfg.keep_trained_prompts)
+      params = self.train_round(r, params, masks)
+      self.save_ticket(r, params, masks, unused_masks)
+      self.report(r, params, masks)
+    return checkpointing.Ticket(params, masks, dict(self.meta, round=cfg.rounds))
 
 
 def train_and_evaluate(config, workdir: str):

@@ -13,7 +13,6 @@ from mirl_jax import checkpointing
 from mirl_jax import config_keys
 from mirl_jax import convert
 from mirl_jax import export
-from mirl_jax import main
 from mirl_jax import models
 
 
@@ -21,7 +20,7 @@ def _export(workdir, output, config=None, **options):
   config = copy.deepcopy(config or all_in_one.get_config())
   config.export.update(dict(output=str(output), **options))
   config_keys.validate(config, "export")
-  main.run_export(config, str(workdir))
+  export.export_ticket(config, str(workdir))
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +176,7 @@ def test_a_reference_run_continues_here_and_goes_back(tmp_path, reference_networ
 
   # Every rewind goes to the imported theta_0, not to an init from config.seed.
   run = train.Run(config, str(workdir))
-  for name, value in convert.params_to_torch(run.rewind_source(3)).items():
+  for name, value in convert.params_to_torch(run.rewind_target()).items():
     assert np.array_equal(value, theta_0[name]), name
   for name, value in convert.params_to_torch(run.unused_init()).items():
     assert np.array_equal(value, theta_0[name]), name

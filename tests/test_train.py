@@ -103,3 +103,65 @@ def test_a_workdir_from_the_per_device_batch_resumes_at_its_global_batch(monkeyp
   current["lottery"]["reference_pool"] = True
   assert train.config_changes(saved, current, per_device_batch=True) == [
       "lottery.reference_pool: False -> True"]
+
+
+def _perturb(r, params, masks):
+  """A stand-in for training: moves every weight, keeps pruned ones at 0."""
+  rng = np.random.default_rng(100 + r)
+  moved = jax.tree.map(lambda p: p + 0.1 * rng.normal(size=p.shape).astype(np.float32), params)
+  return jax.tree.map(lambda p, m: p if m is None else np.where(m, p, 0), moved, masks,
+                      is_leaf=lambda x: x is None)
+
+
+def _stub_training(monkeypatch, events):
+  """Run.train_round and Run.report without data: the loop alone, in order."""
+  def train_round(self, r, params, masks):
+    events.append(("train", r))
+    return _perturb(r, params, masks)
+
+  monkeypatch.setattr(train.Run, "train_round", train_round)
+  monkeypatch.setattr(train.Run, "report", lambda self, r, p, m: events.append(("report", r)))
+
+
+def test_the_loop_prunes_rewinds_trains_saves_and_reports_each_round(tmp_path, monkeypatch):
+  events = []
+  _stub_training(monkeypatch, events)
+  config = _config()
+  config.lottery.rounds = 4
+  run = train.Run(config, str(tmp_path), trainer=object())  # no data: training is stubbed
+  last = run.train()
+  assert events == [(kind, r) for r in range(5) for kind in ("train", "report")]
+  assert checkpointing.ticket_indices(str(tmp_path)) == [0, 1, 2, 3, 4]
+  init = run.init_params()
+  previous = None
+  for r in range(5):
+    ticket = checkpointing.restore_ticket(str(tmp_path), r)
+    assert ticket.meta["remaining"] == pytest.approx(0.8**r, rel=0.01)
+    masks = jax.tree.leaves(ticket.masks)
+    if previous is not None:  # masks only shrink, pruned weights stay exactly 0
+      assert all(not (m & ~p).any() for m, p in zip(masks, previous))
+    previous = masks
+  for p, m in zip(jax.tree.leaves(last.params),
+                  jax.tree.leaves(last.masks, is_leaf=lambda x: x is None)):
+    assert m is None or not np.asarray(p)[~m].any()
+  # Round 4 started from the survivors of theta_0: its training is the only change.
+  rewound = jax.tree.map(lambda t, m: t if m is None else np.where(m, t, 0), init, last.masks,
+                         is_leaf=lambda x: x is None)
+  for a, b in zip(jax.tree.leaves(last.params), jax.tree.leaves(_perturb(4, rewound,
+                                                                          last.masks))):
+    np.testing.assert_array_equal(a, b)
+
+  # A run stopped after round 2 and resumed ends with the same tickets.
+  config.lottery.rounds = 2
+  train.Run(config, str(tmp_path / "resumed"), trainer=object()).train()
+  config.lottery.rounds = 4
+  events.clear()
+  train.Run(config, str(tmp_path / "resumed"), trainer=object()).train()
+  # The stub wrote no summary.json: the resume reports rounds 0-2 first, as it does for a
+  # run stopped between a ticket and its reports.
+  assert events == [("report", 0), ("report", 1), ("report", 2),
+                    ("train", 3), ("report", 3), ("train", 4), ("report", 4)]
+  again = checkpointing.restore_ticket(str(tmp_path / "resumed"), 4)
+  for a, b in zip(jax.tree.leaves((again.params, again.masks)),
+                  jax.tree.leaves((last.params, last.masks))):
+    np.testing.assert_array_equal(a, b)
