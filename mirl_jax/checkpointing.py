@@ -1,11 +1,11 @@
 """Orbax checkpoints of tickets: params and masks, stored sparse.
 
 A ticket keeps, for each prunable tensor, its surviving values and its mask
-as packed bits; other tensors are stored whole. A ticket of the default
-network with 10% of its params non-zero takes 9.4% of the dense float32 bytes
-on disk (benchmarks/run_all.py), and unpacking gives back exactly the same
-params. Tickets live in ``WORKDIR/tickets/<index>``
-(one per round, all kept) next to a JSON item with what produced them.
+as packed bits; other tensors are stored whole, so a sparse ticket takes
+about its share of non-zero weights on disk (benchmarks/run_all.py, the
+README), and unpacking gives back exactly the same params. Tickets live in
+``WORKDIR/tickets/<index>`` (one per round, all kept) next to a JSON item with
+what produced them.
 """
 
 import os

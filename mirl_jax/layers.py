@@ -1,15 +1,16 @@
 """The network's two commonest convolutions, in the forms XLA runs fast, PyTorch's results.
 
 PromptIR spends most of a training step in 1x1 convolutions and 3x3 depthwise
-convolutions. On XLA's CPU backend a 1x1 `nn.Conv` differentiates about three
+convolutions. On XLA's CPU backend a 1x1 `nn.Conv` differentiates several
 times slower than the same arithmetic as a matmul on the channel axis, and a
-grouped (depthwise) conv runs ~10x slower than nine shifted products, whose
-autodiff is in turn twice as slow as a backward written in the same shifted
-form. So: `Pointwise` is a matmul, `Depthwise3x3` is shifted products, both
-with hand-written VJPs: autodiff of the matmul lets XLA transpose the wide
-output gradient for the kernel's gradient (and fuse that strided write into
-whatever produced it, the depthwise backward: the slowest op of a step), where
-transposing the narrower operand is enough. Both keep the parameter names and
+grouped (depthwise) conv runs far slower than nine shifted products, whose
+autodiff is in turn slower than a backward written in the same shifted form
+(the README's profile, benchmarks/profile_step.py). So: `Pointwise` is a
+matmul, `Depthwise3x3` is shifted products, both with hand-written VJPs:
+autodiff of the matmul lets XLA transpose the wide output gradient for the
+kernel's gradient (and fuse that strided write into whatever produced it, the
+depthwise backward: the slowest op of a step), where transposing the narrower
+operand is enough. Both keep the parameter names and
 layouts of `nn.Conv` ((1, 1, in, out) and (3, 3, 1, C) kernels) so checkpoints
 and masks are unchanged, and both take the model's compute dtype and precision.
 """

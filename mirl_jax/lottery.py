@@ -126,12 +126,12 @@ def one_shot_masks(trained, alive: int):
   the `drop` smallest (of distinct magnitudes), where a plain 100 * drop / n can
   be off by one either way.
   """
-  dense = masks_lib.dense_masks(trained)
+  all_alive = masks_lib.dense_masks(trained)
   n = masks_lib.count(trained, masks_lib.masks_from_params(trained))["alive"]
   drop = n - alive
   if drop <= 0:
-    return dense
-  return prune(trained, dense, 100.0 * (drop - 0.5) / (n - 1), "global")
+    return all_alive
+  return prune(trained, all_alive, 100.0 * (drop - 0.5) / (n - 1), "global")
 
 
 # ----------------------------------------------------------------------------

@@ -139,7 +139,8 @@ def report_round(workdir: str, r: int, model, params, masks, data_config, seed: 
   test sets), summary.json (one entry per round) with psnr_vs_remaining.png,
   samples_round_RR.png; TensorBoard scalars at step r if `tb` is given.
   """
-  from mirl_jax import evaluate, masks as masks_lib, restore, sparsity  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from mirl_jax import evaluate, masks as masks_lib, restore, sparsity
   counts = masks_lib.count(params, masks)
   forward = restore.make_forward(model, params)
   results = evaluate.evaluate(forward, data_config, seed=seed, progress=progress)

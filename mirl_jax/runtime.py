@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 
 # XLA's concurrency-optimised CPU scheduler keeps many activations alive at once:
-# off, a training step of the default network needs a quarter less memory. LLVM's
+# off, a training step of the default network needs less memory. LLVM's
 # level 1 instead of 3 compiles faster and, measured on this project's CPUs, also
 # runs the default network's training step and forward faster (benchmarks/).
 XLA_CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",

@@ -113,7 +113,7 @@ class Study:
                                      self.trainer)
     return self.runs[variant]
 
-  def start(self, variant: str, r: int, imp_masks, alive: int, dense):
+  def start(self, variant: str, r: int, imp_masks, alive: int, round0_params):
     """(params, masks) a control starts level r from."""
     if variant == "random_init":
       fresh = lottery.rewind_target("random", model=self.imp.model, key=self.imp.key)
@@ -121,19 +121,19 @@ class Study:
     if variant == "random_prune":
       masks = lottery.random_masks(imp_masks, alive, np.random.default_rng([self.config.seed, r]))
     else:
-      masks = lottery.one_shot_masks(dense, alive)
+      masks = lottery.one_shot_masks(round0_params, alive)
     # Prompts kept trained (config.lottery.keep_trained_prompts) come from round 0.
-    params = lottery.rewind(dense, masks, self.imp.rewind_target(),
+    params = lottery.rewind(round0_params, masks, self.imp.rewind_target(),
                             keep_trained=self.config.lottery.keep_trained_prompts)
     return params, masks
 
-  def train_control(self, variant: str, r: int, imp_masks, alive: int, dense) -> dict:
+  def train_control(self, variant: str, r: int, imp_masks, alive: int, round0_params) -> dict:
     """Trains one control at level r (or takes its ticket) and reports it as a run's round."""
     run, began = self.run_for(variant), time.time()
     if r in checkpointing.ticket_indices(run.workdir):  # trained, not yet recorded
       params, masks, _ = checkpointing.restore_ticket(run.workdir, r, model=run.model)
     else:
-      params, masks = self.start(variant, r, imp_masks, alive, dense)
+      params, masks = self.start(variant, r, imp_masks, alive, round0_params)
       params = run.train_round(r, params, masks)
       checkpointing.save_ticket(run.workdir, r, params, masks, dict(
           run.meta, round=r, variant=variant, **masks_lib.count(params, masks)))
@@ -152,11 +152,11 @@ class Study:
       tickets[r] = checkpointing.restore_ticket(self.imp.workdir, r, model=self.imp.model)
       entries = record(self.workdir, study_entry(
           IMP, summary, masks_lib.count(tickets[r].params, tickets[r].masks)["alive"], None))
-    done = {(e["variant"], e["round"]) for e in entries}
+    recorded = {(e["variant"], e["round"]) for e in entries}
     for r in self.levels:
       alive = masks_lib.count(tickets[r].params, tickets[r].masks)["alive"]
       for variant in CONTROLS:
-        if (variant, r) in done:
+        if (variant, r) in recorded:
           continue
         entry = self.train_control(variant, r, tickets[r].masks, alive, tickets[0].params)
         entries = record(self.workdir, entry)

@@ -2,11 +2,11 @@
 
 A `Trainer` holds what a config fixes for every training (model, mesh, data,
 schedule, optimizer, compiled step); a `Run` is one IMP run in a workdir, and
-its `train()` is the round loop. Everything a preempted run needs to continue lives in the workdir: one ticket
-per finished round (tickets/<round>), and mid-round checkpoints (params,
-masks, optimizer and data-iterator state) under checkpoints/. Restarting with
-the same workdir resumes from the latest of them and ends with the same
-params and masks as an uninterrupted run. The initial params are re-created
+its `train()` is the round loop. Everything a preempted run needs to continue
+lives in the workdir: one ticket per finished round (tickets/<round>), and
+mid-round checkpoints (params, masks, optimizer and data-iterator state) under
+checkpoints/. Restarting with the same workdir resumes from the latest of them
+and ends with the same params and masks as an uninterrupted run. The initial params are re-created
 from config.seed, unless the run's theta_0 was imported (theta_0/).
 """
 
@@ -188,19 +188,20 @@ class Run:
     batches = ((b["degraded"], b["clean"]) for b in (next(iterator) for _ in range(start, steps)))
 
     def after_step(step, state, metrics):
-      done = step + 1
-      if r == 0 and self.config.lottery.rewind == "late" and done == self.config.lottery.late_step:
-        checkpointing.save_ticket(self.workdir, 0, _host(state.params), masks, {"step": done},
+      trained = step + 1  # steps of this round done
+      late = self.config.lottery
+      if r == 0 and late.rewind == "late" and trained == late.late_step:
+        checkpointing.save_ticket(self.workdir, 0, _host(state.params), masks, {"step": trained},
                                   folder=checkpointing.REWIND)
-      if done % cfg.log_every_steps == 0 or done == steps:
+      if trained % cfg.log_every_steps == 0 or trained == steps:
         loss = float(metrics["loss"])
         bar.set_postfix(loss=f"{loss:.4f}")
-        self.tb.scalars(r * steps + done, {"train/loss": loss, "train/lr": trainer.lr(step),
+        self.tb.scalars(r * steps + trained, {"train/loss": loss, "train/lr": trainer.lr(step),
                                            "train/grad_norm": float(metrics["grad_norm"])})
-      if done % cfg.checkpoint_every_steps == 0 and done < steps:
+      if trained % cfg.checkpoint_every_steps == 0 and trained < steps:
         train_step.check_finite(metrics, r, step)  # never checkpoint a NaN
-        self.checkpoints.save(r * steps + done, _host(state), masks, iterator,
-                              dict(self.meta, round=r, step_in_round=done))
+        self.checkpoints.save(r * steps + trained, _host(state), masks, iterator,
+                              dict(self.meta, round=r, step_in_round=trained))
       bar.update(1)
 
     state = train_step.run_steps(trainer.step_fn, trainer.mesh, state,
@@ -227,11 +228,11 @@ class Run:
 
   # -- the run ----------------------------------------------------------------
 
-  def check_config(self, done: list[int]) -> None:
+  def check_config(self, saved_rounds: list[int]) -> None:
     """Refuses to continue a run with a config that changes the experiment."""
     saved = self.checkpoints.latest_meta()
-    if saved is None and done:
-      saved = checkpointing.ticket_meta(self.workdir, max(done))
+    if saved is None and saved_rounds:
+      saved = checkpointing.ticket_meta(self.workdir, max(saved_rounds))
     if saved is None or "config" not in saved:  # fresh, or imported tickets
       return
     per_device = saved.get("batch") != "global"  # saved when the batch was per device
@@ -268,13 +269,13 @@ class Run:
          a round that was checkpointed mid-way resumes there (train_round).
     """
     cfg = self.config.lottery
-    done = checkpointing.ticket_indices(self.workdir)
-    self.check_config(done)  # 1
+    saved_rounds = checkpointing.ticket_indices(self.workdir)
+    self.check_config(saved_rounds)  # 1
     reported = {e["round"] for e in reports.read_summary(self.workdir)}
-    for r in sorted(set(done) - reported):  # 2
+    for r in sorted(set(saved_rounds) - reported):  # 2
       ticket = checkpointing.restore_ticket(self.workdir, r, model=self.model)
       self.report(r, ticket.params, ticket.masks)
-    last = max(done, default=-1)  # 3
+    last = max(saved_rounds, default=-1)  # 3
     if last >= cfg.rounds:
       logging.warning("All %d rounds are done in %s", last + 1, self.workdir)
       return None

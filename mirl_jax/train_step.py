@@ -176,8 +176,8 @@ def make_train_step(mesh: Mesh, donate: bool = True, microbatches: int = 1) -> C
 def release_freed_memory() -> None:
   """Hands the heap memory that the process has freed back to the OS (glibc only).
 
-  XLA's CPU compiler frees about 2 GB after compiling the default network's
-  step, but glibc keeps it, and the step's buffers come from fresh mappings:
+  XLA's CPU compiler frees gigabytes after compiling the default network's
+  step, but glibc keeps them, and the step's buffers come from fresh mappings:
   without this, the compiler's memory and the step's add up in the peak RSS.
   """
   try:

@@ -68,9 +68,7 @@ def test_lightning_and_npz_layouts(imported, tmp_path, reference_state_dict, ref
 
 
 def test_a_run_made_here_exports_its_unused_convs_at_init(tmp_path):
-  model = models.PromptIR(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
-                          heads=(1, 1, 1, 1), prompt_dims=(8, 16, 16), prompt_sizes=(4, 4, 4),
-                          noise_level_heads=1)
+  model = TINY
   key = jax.random.key(7)
   params = models.init_params(model, key)
   checkpointing.save_ticket(str(tmp_path / "w"), 0, params, jax.tree.map(lambda _: None, params),
@@ -155,7 +153,8 @@ def test_a_reference_run_continues_here_and_goes_back(tmp_path, reference_networ
 
   workdir = tmp_path / "run"
   convert.import_checkpoint(str(tmp_path / "mirl.ckpt"), str(workdir),
-                            models.PromptIR(**config.model), str(tmp_path / "initial_state_dict.pth"))
+                            models.PromptIR(**config.model),
+                            str(tmp_path / "initial_state_dict.pth"))
   train.train_and_evaluate(config, str(workdir))
   assert checkpointing.ticket_indices(str(workdir)) == [0, 1, 2]
 
