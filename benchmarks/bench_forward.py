@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+
 def _rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
@@ -41,8 +42,13 @@ def measure(size: int, repeats: int, model=None) -> dict:
     start = time.perf_counter()
     jax.block_until_ready(compiled(params, x))
     times.append(time.perf_counter() - start)
-  return dict(size=size, compile_s=compile_s, median_s=statistics.median(times),
-              peak_rss_gib=_rss_gib(), run_adds_gib=_rss_gib() - rss_compiled)
+  return dict(
+      size=size,
+      compile_s=compile_s,
+      median_s=statistics.median(times),
+      peak_rss_gib=_rss_gib(),
+      run_adds_gib=_rss_gib() - rss_compiled,
+  )
 
 
 def main() -> None:
@@ -57,11 +63,17 @@ def main() -> None:
   print("| input | compile s | median forward s | peak RSS GiB |")
   print("|---|---|---|---|")
   for size in args.sizes:
-    out = subprocess.run([sys.executable, __file__, "--one", str(size), "--repeats",
-                          str(args.repeats)], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", str(size), "--repeats", str(args.repeats)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"| 1x{size}x{size}x3 | {r['compile_s']:.1f} | {r['median_s']:.3f} | "
-          f"{r['peak_rss_gib']:.2f} (run adds {r['run_adds_gib']:.2f}) |")
+    print(
+        f"| 1x{size}x{size}x3 | {r['compile_s']:.1f} | {r['median_s']:.3f} | "
+        f"{r['peak_rss_gib']:.2f} (run adds {r['run_adds_gib']:.2f}) |"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from PIL import Image
 
 from mirl_jax import datasets, demo_data, pipeline
 
-_WINDOWS = flags.DEFINE_integer('windows', 3, 'Timed windows per setting (median reported).')
-_BATCH = flags.DEFINE_integer('batch_size', 8, 'Patches per batch.')
+_WINDOWS = flags.DEFINE_integer("windows", 3, "Timed windows per setting (median reported).")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Patches per batch.")
 
 
 def _synthetic(h: int, w: int, seed: int) -> np.ndarray:
@@ -35,31 +35,39 @@ def _synthetic(h: int, w: int, seed: int) -> np.ndarray:
 
 def write_full_size_tree(root: Path, count: int = 20) -> None:
   """20 clean images (half PNG, half JPEG) and 10 rain pairs, all 1500x1000."""
-  clean = root / 'train' / 'denoise' / 'BigClean'
-  rain = root / 'train' / 'derain' / 'BigRain'
-  for sub in (clean, rain / 'input', rain / 'target'):
+  clean = root / "train" / "denoise" / "BigClean"
+  rain = root / "train" / "derain" / "BigRain"
+  for sub in (clean, rain / "input", rain / "target"):
     sub.mkdir(parents=True, exist_ok=True)
   for i in range(count):
     image = Image.fromarray(_synthetic(1000, 1500, i))
     if i % 2:
-      image.save(clean / f'img{i:02d}.jpg', quality=92)
+      image.save(clean / f"img{i:02d}.jpg", quality=92)
     else:
-      image.save(clean / f'img{i:02d}.png')
+      image.save(clean / f"img{i:02d}.png")
   for i in range(count // 2):
     target = _synthetic(1000, 1500, 100 + i)
     streaks = 40 * (np.arange(1500) % 37 == 0)[None, :, None]
     rainy = np.clip(target.astype(int) + streaks, 0, 255)
-    Image.fromarray(target).save(rain / 'target' / f'r{i:02d}_gt.png')
-    Image.fromarray(rainy.astype(np.uint8)).save(rain / 'input' / f'r{i:02d}_rainy.jpg',
-                                                 quality=92)
+    Image.fromarray(target).save(rain / "target" / f"r{i:02d}_gt.png")
+    Image.fromarray(rainy.astype(np.uint8)).save(rain / "input" / f"r{i:02d}_rainy.jpg", quality=92)
 
 
 def data_config(data_dir, train_sets, workers, batch_size=None):
   """The data config of one case; `batch_size` defaults to --batch_size."""
-  return ml_collections.ConfigDict(dict(
-      data_dir=str(data_dir), train_sets=list(train_sets), test_sets=[],
-      batch_size=batch_size or _BATCH.value, patch_size=64, sigmas=[15, 25, 50],
-      repeats={'denoise': 3, 'derain': 120, 'dehaze': 1}, worker_count=workers, read_threads=2))
+  return ml_collections.ConfigDict(
+      dict(
+          data_dir=str(data_dir),
+          train_sets=list(train_sets),
+          test_sets=[],
+          batch_size=batch_size or _BATCH.value,
+          patch_size=64,
+          sigmas=[15, 25, 50],
+          repeats={"denoise": 3, "derain": 120, "dehaze": 1},
+          worker_count=workers,
+          read_threads=2,
+      )
+  )
 
 
 def measure(config, window_batches: int, windows: int | None = None) -> float:
@@ -84,22 +92,24 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     start = time.perf_counter()
-    demo_data.build_demo(tmp / 'demo_manual', tmp / 'demo_data')
-    print(f'demo data built in {time.perf_counter() - start:.1f} s')
+    demo_data.build_demo(tmp / "demo_manual", tmp / "demo_data")
+    print(f"demo data built in {time.perf_counter() - start:.1f} s")
     start = time.perf_counter()
-    write_full_size_tree(tmp / 'big_manual')
-    for spec in ('denoise/BigClean', 'derain/BigRain'):
-      datasets.build_set('train', spec, tmp / 'big_manual', tmp / 'big_data')
-    print(f'full-size data written and built in {time.perf_counter() - start:.1f} s')
-    cases = [('demo (~256 px)', tmp / 'demo_data', demo_data.DEMO_TRAIN_SETS, 100),
-             ('full-size 1500x1000', tmp / 'big_data', ('denoise/BigClean', 'derain/BigRain'), 15)]
-    print(f'\nload average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores')
+    write_full_size_tree(tmp / "big_manual")
+    for spec in ("denoise/BigClean", "derain/BigRain"):
+      datasets.build_set("train", spec, tmp / "big_manual", tmp / "big_data")
+    print(f"full-size data written and built in {time.perf_counter() - start:.1f} s")
+    cases = [
+        ("demo (~256 px)", tmp / "demo_data", demo_data.DEMO_TRAIN_SETS, 100),
+        ("full-size 1500x1000", tmp / "big_data", ("denoise/BigClean", "derain/BigRain"), 15),
+    ]
+    print(f"\nload average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f'{"data":<22}{"workers":>8}{"patches/s":>12}')
     for name, data_dir, sets, window in cases:
       for workers in (0, 1, 2):
         rate = measure(data_config(data_dir, sets, workers), window)
-        print(f'{name:<22}{workers:>8}{rate:>12.0f}', flush=True)
+        print(f"{name:<22}{workers:>8}{rate:>12.0f}", flush=True)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   app.run(main)

@@ -44,6 +44,7 @@ def _rss_gib() -> float:
 def forward(size: int, repeats: int) -> dict:
   """Median seconds of one (1, 3, size, size) forward under no_grad, after a warm-up."""
   import torch  # pylint: disable=import-outside-toplevel
+
   torch.manual_seed(0)
   net = _network().eval()
   x = torch.rand(1, 3, size, size)
@@ -63,6 +64,7 @@ def masked_step(net, x, y, autocast=contextlib.nullcontext):
   0.01), gradients of pruned weights zeroed, weights re-masked after the step.
   """
   import torch  # pylint: disable=import-outside-toplevel
+
   net.train()
   weights = [p for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1]
   masks = []
@@ -84,12 +86,14 @@ def masked_step(net, x, y, autocast=contextlib.nullcontext):
       for p, m in zip(weights, masks):
         p.mul_(m)
     return loss
+
   return run
 
 
 def train_step(batch: int, size: int, steps: int) -> dict:
   """Median seconds of a masked training step (a pruned round, 20% of weights pruned)."""
   import torch  # pylint: disable=import-outside-toplevel
+
   torch.manual_seed(0)
   net = _network()
   run = masked_step(net, torch.rand(batch, 3, size, size), torch.rand(batch, 3, size, size))
@@ -98,8 +102,11 @@ def train_step(batch: int, size: int, steps: int) -> dict:
     start = time.perf_counter()
     loss = run()
     times.append(time.perf_counter() - start)
-  return {"step_s": statistics.median(times[1:]), "peak_rss_gib": _rss_gib(),
-          "loss": float(loss.detach())}
+  return {
+      "step_s": statistics.median(times[1:]),
+      "peak_rss_gib": _rss_gib(),
+      "loss": float(loss.detach()),
+  }
 
 
 def main() -> None:

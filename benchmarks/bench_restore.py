@@ -42,9 +42,11 @@ def _rss_gib() -> float:
 def _model(name: str):
   """'default': PromptIR's defaults (the reference's network); 'demo': configs/demo.py's."""
   from mirl_jax import models  # pylint: disable=import-outside-toplevel
+
   if name == "default":
     return models.PromptIR()
   from configs import demo  # pylint: disable=import-outside-toplevel
+
   return models.PromptIR(**demo.get_config().model)
 
 
@@ -52,7 +54,7 @@ def noisy_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
   """(H, W, 3) uint8: gradients, a sharp-edged patch, and sigma-25 noise to restore."""
   y, x = np.mgrid[:height, :width] / np.float32(max(height, width))
   scene = np.stack([0.5 + 0.4 * np.sin(9 * x + 3 * y), 0.3 + 0.5 * y, 0.6 - 0.3 * x * y], -1)
-  scene[height // 4:height // 2, width // 4:width // 2] = (0.9, 0.8, 0.2)
+  scene[height // 4 : height // 2, width // 4 : width // 2] = (0.9, 0.8, 0.2)
   noisy = scene + np.random.default_rng(seed).normal(0, 25 / 255, scene.shape)
   return (np.clip(noisy, 0, 1) * 255).round().astype(np.uint8)
 
@@ -60,14 +62,17 @@ def noisy_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
 def tiles(height: int, width: int, tile: int = 512, overlap: int = 32) -> int:
   """How many network calls restore_array makes for a photo of this size."""
   from mirl_jax import restore  # pylint: disable=import-outside-toplevel
+
   m = restore.MULTIPLE
   ph, pw = -(-height // m) * m, -(-width // m) * m
-  return (len(restore._starts(ph, min(tile, ph), overlap))  # pylint: disable=protected-access
-          * len(restore._starts(pw, min(tile, pw), overlap)))  # pylint: disable=protected-access
+  return len(restore._starts(ph, min(tile, ph), overlap)) * len(  # pylint: disable=protected-access
+      restore._starts(pw, min(tile, pw), overlap)
+  )  # pylint: disable=protected-access
 
 
-def measure(model=None, size=(512, 768), tile: int = 512, overlap: int = 32,
-            repeats: int = 3) -> dict:
+def measure(
+    model=None, size=(512, 768), tile: int = 512, overlap: int = 32, repeats: int = 3
+) -> dict:
   """Figures of restore_files on a noisy photo of `size` (H, W); `model`: default PromptIR."""
   import jax  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
@@ -88,21 +93,35 @@ def measure(model=None, size=(512, 768), tile: int = 512, overlap: int = 32,
 
     first = run()
     times = [run() for _ in range(repeats)]
-  median, megapixels, n = statistics.median(times), height * width / 1e6, tiles(*size, tile,
-                                                                                 overlap)
-  return dict(size=list(size), tile=tile, overlap=overlap, tiles=n, repeats=repeats,
-              compile_s=first - median, median_s=median, s_per_mp=median / megapixels,
-              s_per_tile=median / n, big_photo_s=median / n * tiles(*BIG, tile, overlap),
-              peak_rss_gib=_rss_gib())
+  median, megapixels, n = (
+      statistics.median(times),
+      height * width / 1e6,
+      tiles(*size, tile, overlap),
+  )
+  return dict(
+      size=list(size),
+      tile=tile,
+      overlap=overlap,
+      tiles=n,
+      repeats=repeats,
+      compile_s=first - median,
+      median_s=median,
+      s_per_mp=median / megapixels,
+      s_per_tile=median / n,
+      big_photo_s=median / n * tiles(*BIG, tile, overlap),
+      peak_rss_gib=_rss_gib(),
+  )
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", nargs="+", choices=("demo", "default"),
-                      default=["demo", "default"])
+  parser.add_argument(
+      "--models", nargs="+", choices=("demo", "default"), default=["demo", "default"]
+  )
   parser.add_argument("--repeats", type=int, default=3, help="timed runs after the first")
-  parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                      help=f"photo size (default: {SIZES})")
+  parser.add_argument(
+      "--size", type=int, nargs=2, metavar=("H", "W"), help=f"photo size (default: {SIZES})"
+  )
   parser.add_argument("--tile", type=int, default=512)
   parser.add_argument("--overlap", type=int, default=32)
   parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -111,20 +130,41 @@ def main() -> None:
     size = args.size or SIZES[args.one]
     print(json.dumps(measure(_model(args.one), size, args.tile, args.overlap, args.repeats)))
     return
-  print(f"| network | photo | tiles | compile s | median s | s/MP | s/tile | "
-        f"{BIG[1]}x{BIG[0]} photo (est.) | peak RSS GiB |")
+  print(
+      f"| network | photo | tiles | compile s | median s | s/MP | s/tile | "
+      f"{BIG[1]}x{BIG[0]} photo (est.) | peak RSS GiB |"
+  )
   print("|---|---|---|---|---|---|---|---|---|")
   for name in args.models:
     h, w = args.size or SIZES[name]
-    out = subprocess.run([sys.executable, __file__, "--one", name, "--size", str(h), str(w),
-                          "--tile", str(args.tile), "--overlap", str(args.overlap),
-                          "--repeats", str(args.repeats)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--size",
+            str(h),
+            str(w),
+            "--tile",
+            str(args.tile),
+            "--overlap",
+            str(args.overlap),
+            "--repeats",
+            str(args.repeats),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"| {name} | {w}x{h}, tile {r['tile']}, overlap {r['overlap']} | {r['tiles']} | "
-          f"{r['compile_s']:.1f} | {r['median_s']:.2f} | {r['s_per_mp']:.2f} | "
-          f"{r['s_per_tile']:.2f} | {r['big_photo_s'] / 60:.1f} min | "
-          f"{r['peak_rss_gib']:.2f} |", flush=True)
+    print(
+        f"| {name} | {w}x{h}, tile {r['tile']}, overlap {r['overlap']} | {r['tiles']} | "
+        f"{r['compile_s']:.1f} | {r['median_s']:.2f} | {r['s_per_mp']:.2f} | "
+        f"{r['s_per_tile']:.2f} | {r['big_photo_s'] / 60:.1f} min | "
+        f"{r['peak_rss_gib']:.2f} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ import numpy as np
 
 #: The children's XLA_FLAGS unless --xla_flags says otherwise: those every command sets
 #: (mirl_jax.runtime.XLA_CPU_FLAGS).
-XLA_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false "
-             "--xla_backend_optimization_level=1")
+XLA_FLAGS = (
+    "--xla_cpu_enable_concurrency_optimized_scheduler=false --xla_backend_optimization_level=1"
+)
 
 
 def _peak_rss_gib() -> float:
@@ -50,8 +51,9 @@ def setup(model, batch: int, size: int, masked: bool = True) -> tuple:
   return mesh, state, ts.replicate(mesh, masks), x, y
 
 
-def run_step(masked: bool, steps: int, batch: int, size: int, microbatches: int,
-             model=None) -> dict:
+def run_step(
+    masked: bool, steps: int, batch: int, size: int, microbatches: int, model=None
+) -> dict:
   """One configuration, in this process: compile, then `steps` timed steps.
 
   `model` defaults to the default PromptIR (the reference's network).
@@ -73,9 +75,14 @@ def run_step(masked: bool, steps: int, batch: int, size: int, microbatches: int,
     state, metrics = compiled(state, masks, x, y)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - t)
-  return {"compile_s": compile_s, "temp_gib": temp_gib, "step_s": statistics.median(times[1:]),
-          "steps_s": times[1:], "peak_rss_gib": _peak_rss_gib(),
-          "loss": float(metrics["loss"])}
+  return {
+      "compile_s": compile_s,
+      "temp_gib": temp_gib,
+      "step_s": statistics.median(times[1:]),
+      "steps_s": times[1:],
+      "peak_rss_gib": _peak_rss_gib(),
+      "loss": float(metrics["loss"]),
+  }
 
 
 def run_prune(repeats: int, model=None) -> dict:
@@ -95,14 +102,31 @@ def run_prune(repeats: int, model=None) -> dict:
 
 def _child(kind: str, args) -> dict | None:
   """The child's figures, or None if it died (e.g. killed for lack of memory)."""
-  cmd = [sys.executable, __file__, "--child", kind, "--steps", str(args.steps),
-         "--batch", str(args.batch), "--size", str(args.size),
-         "--microbatches", str(args.microbatches), "--remat", args.remat, "--dtype", args.dtype]
+  cmd = [
+      sys.executable,
+      __file__,
+      "--child",
+      kind,
+      "--steps",
+      str(args.steps),
+      "--batch",
+      str(args.batch),
+      "--size",
+      str(args.size),
+      "--microbatches",
+      str(args.microbatches),
+      "--remat",
+      args.remat,
+      "--dtype",
+      args.dtype,
+  ]
   env = dict(os.environ, XLA_FLAGS=args.xla_flags)
   out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
   if out.returncode:
-    print(f"  {kind}: exit code {out.returncode}{' (killed: out of memory?)' if out.returncode == -9 else ''}"
-          f"\n{out.stderr[-1500:]}")
+    print(
+        f"  {kind}: exit code {out.returncode}{' (killed: out of memory?)' if out.returncode == -9 else ''}"
+        f"\n{out.stderr[-1500:]}"
+    )
     return None
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -112,13 +136,18 @@ def main():
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--size", type=int, default=64)
-  parser.add_argument("--microbatches", type=int, default=1,
-                      help="split the batch to bound activation memory")
+  parser.add_argument(
+      "--microbatches", type=int, default=1, help="split the batch to bound activation memory"
+  )
   parser.add_argument("--remat", default="none", help="PromptIR's remat (model.remat)")
   parser.add_argument("--dtype", default="float32", help="PromptIR's compute dtype (model.dtype)")
   parser.add_argument("--xla_flags", default=XLA_FLAGS)
-  parser.add_argument("--only", choices=("masked", "dense", "prune"), action="append",
-                      help="run only these configurations (repeatable)")
+  parser.add_argument(
+      "--only",
+      choices=("masked", "dense", "prune"),
+      action="append",
+      help="run only these configurations (repeatable)",
+  )
   parser.add_argument("--child", choices=("masked", "dense", "prune"))
   args = parser.parse_args()
   if args.child == "prune":
@@ -126,27 +155,45 @@ def main():
     return
   if args.child:
     from mirl_jax.models import PromptIR  # pylint: disable=import-outside-toplevel
-    print(json.dumps(run_step(args.child == "masked", args.steps, args.batch, args.size,
-                              args.microbatches, PromptIR(remat=args.remat, dtype=args.dtype))))
+
+    print(
+        json.dumps(
+            run_step(
+                args.child == "masked",
+                args.steps,
+                args.batch,
+                args.size,
+                args.microbatches,
+                PromptIR(remat=args.remat, dtype=args.dtype),
+            )
+        )
+    )
     return
   shape = f"{args.batch}x{args.size}x{args.size}x3"
   kinds = args.only or ["masked", "dense", "prune"]
   res = {k: _child(k, args) for k in kinds}
-  print(f"PromptIR (default, remat={args.remat}, {args.dtype}) training step, batch {shape} "
-        f"in {args.microbatches} microbatch(es), CPU, median of {args.steps}, "
-        f"XLA_FLAGS={args.xla_flags!r}:")
+  print(
+      f"PromptIR (default, remat={args.remat}, {args.dtype}) training step, batch {shape} "
+      f"in {args.microbatches} microbatch(es), CPU, median of {args.steps}, "
+      f"XLA_FLAGS={args.xla_flags!r}:"
+  )
   for name, key in (("masked (rounds >= 1)", "masked"), ("unmasked (round 0)", "dense")):
     r = res.get(key)
     if r:
-      print(f"  {name:22} step {r['step_s']:6.2f} s   compile {r['compile_s']:6.1f} s   "
-            f"peak RSS {r['peak_rss_gib']:5.2f} GiB (XLA temp {r['temp_gib']:.2f} GiB)")
+      print(
+          f"  {name:22} step {r['step_s']:6.2f} s   compile {r['compile_s']:6.1f} s   "
+          f"peak RSS {r['peak_rss_gib']:5.2f} GiB (XLA temp {r['temp_gib']:.2f} GiB)"
+      )
   if res.get("masked") and res.get("dense"):
     share = (res["masked"]["step_s"] - res["dense"]["step_s"]) / res["masked"]["step_s"]
     print(f"  masking share of the step: {100 * share:.1f}% (masked - unmasked)")
   if res.get("prune"):
     p = res["prune"]
-    print(f"pruning round (global, 33.0M alive weights): median {p['prune_s']:.2f} s "
-          f"of {[round(t, 2) for t in p['prune_all_s']]}")
+    print(
+        f"pruning round (global, 33.0M alive weights): median {p['prune_s']:.2f} s "
+        f"of {[round(t, 2) for t in p['prune_all_s']]}"
+    )
+
 
 if __name__ == "__main__":
   main()

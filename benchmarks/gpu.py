@@ -57,7 +57,9 @@ SMOKE_CPU_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_exp
 CHECK_TOLERANCE = 1e-3  # fp32 outputs in [0, 1]: a wrong layer differs by far more
 
 
-# ------------------------------------------------------------------------------ child side
+# ----------------------------------------------------------------------------
+# Child side.
+
 
 def _timed(run, sync, warmup: int, repeats: int) -> list[float]:
   """Seconds of each of `repeats` synchronised calls, after `warmup` untimed ones."""
@@ -80,22 +82,33 @@ def _jax(spec: dict) -> dict:
   model = models.PromptIR(**net, **({"dtype": "bfloat16"} if spec["precision"] == "bf16" else {}))
   device = jax.devices()[0]
   if spec["kind"] == "train":  # run_step leaves out its first step: one warm-up of ours
-    out = bench_train_step.run_step(True, spec["warmup"] - 1 + spec["repeats"], spec["batch"],
-                                    spec["size"], 1, model=model)
-    times = out["steps_s"][spec["warmup"] - 1:]
-    out = {"median_s": statistics.median(times), "times_s": times,
-           "compile_s": out["compile_s"], "xla_temp_bytes": round(out["temp_gib"] * 2**30),
-           "loss": out["loss"]}
+    out = bench_train_step.run_step(
+        True, spec["warmup"] - 1 + spec["repeats"], spec["batch"], spec["size"], 1, model=model
+    )
+    times = out["steps_s"][spec["warmup"] - 1 :]
+    out = {
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "compile_s": out["compile_s"],
+        "xla_temp_bytes": round(out["temp_gib"] * 2**30),
+        "loss": out["loss"],
+    }
   else:
     out = _jax_forward(model, spec)
   stats = device.memory_stats() or {}  # None on a CPU
-  return dict(out, peak_bytes=stats.get("peak_bytes_in_use"), device=device.device_kind,
-              platform=device.platform, version=jax.__version__)
+  return dict(
+      out,
+      peak_bytes=stats.get("peak_bytes_in_use"),
+      device=device.device_kind,
+      platform=device.platform,
+      version=jax.__version__,
+  )
 
 
 def _reference_weights(model, path: Path):
   """(params, x, y) of the reference's fp32 forward as its child left them, or a reason why not."""
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   if not path.is_file():
     return "the reference's fp32 forward left no weights to compare with"
   try:
@@ -103,8 +116,9 @@ def _reference_weights(model, path: Path):
   except ImportError as e:
     return f"mirl_jax.convert does not import here ({e})"
   with np.load(path) as data:
-    state_dict = {k[len("state_dict/"):]: data[k] for k in data.files
-                  if k.startswith("state_dict/")}
+    state_dict = {
+        k[len("state_dict/") :]: data[k] for k in data.files if k.startswith("state_dict/")
+    }
     x, y = data["x"], data["y"]
   return convert.params_from_torch(state_dict, model)[0], x, y
 
@@ -120,18 +134,22 @@ def _jax_forward(model, spec: dict) -> dict:
     params, x, expected = given
   else:
     params = models.init_params(model, jax.random.key(0))
-    x = np.random.default_rng(0).random((spec["batch"], spec["size"], spec["size"], 3),
-                                        np.float32)
+    x = np.random.default_rng(0).random((spec["batch"], spec["size"], spec["size"], 3), np.float32)
   params, x = jax.device_put((params, x))
   forward = jax.jit(lambda p, x: model.apply({"params": p}, x))
   start = time.perf_counter()
   compiled = forward.lower(params, x).compile()
   compile_s = time.perf_counter() - start
-  times = _timed(lambda: compiled(params, x), jax.block_until_ready, spec["warmup"],
-                 spec["repeats"])
+  times = _timed(
+      lambda: compiled(params, x), jax.block_until_ready, spec["warmup"], spec["repeats"]
+  )
   mem = compiled.memory_analysis()
-  out = {"median_s": statistics.median(times), "times_s": times, "compile_s": compile_s,
-         "xla_temp_bytes": getattr(mem, "temp_size_in_bytes", None)}
+  out = {
+      "median_s": statistics.median(times),
+      "times_s": times,
+      "compile_s": compile_s,
+      "xla_temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+  }
   if isinstance(given, tuple):
     diff = np.abs(np.asarray(compiled(params, x)) - expected)
     out["check"] = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
@@ -143,6 +161,7 @@ def _jax_forward(model, spec: dict) -> dict:
 def _reference_network(net: dict):
   """The reference PromptIR (decoder=True: MIR-L's network), seeded, from the shared file."""
   import torch  # pylint: disable=import-outside-toplevel
+
   spec = importlib.util.spec_from_file_location("reference_network", bench_reference.NETWORK)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -164,8 +183,9 @@ def _torch(spec: dict) -> dict:
   if spec.get("torch_threads"):
     torch.set_num_threads(spec["torch_threads"])
   sync = (lambda _: torch.cuda.synchronize()) if cuda else (lambda _: None)
-  autocast = lambda: torch.autocast(device, dtype=torch.bfloat16,
-                                    enabled=spec["precision"] == "bf16")
+  autocast = lambda: torch.autocast(
+      device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16"
+  )
   net = _reference_network(spec["net"]).to(device)
   rng = np.random.default_rng(0)
   shape = (spec["batch"], spec["size"], spec["size"], 3)  # NHWC, as ours gets it
@@ -178,43 +198,68 @@ def _torch(spec: dict) -> dict:
     def run():
       with torch.no_grad(), autocast():
         return net(x)
+
     times = _timed(run, sync, spec["warmup"], spec["repeats"])
     if spec.get("check"):  # the weights and output our fp32 forward is compared with
       y = run().float().cpu().numpy().transpose(0, 2, 3, 1)
-      np.savez(spec["check"], x=x_nhwc, y=y, **{f"state_dict/{k}": v.detach().cpu().numpy()
-                                               for k, v in net.state_dict().items()})
+      np.savez(
+          spec["check"],
+          x=x_nhwc,
+          y=y,
+          **{f"state_dict/{k}": v.detach().cpu().numpy() for k, v in net.state_dict().items()},
+      )
   else:
-    run = bench_reference.masked_step(net, x, torch.from_numpy(
-        rng.random(shape, np.float32).transpose(0, 3, 1, 2).copy()).to(device), autocast)
+    run = bench_reference.masked_step(
+        net,
+        x,
+        torch.from_numpy(rng.random(shape, np.float32).transpose(0, 3, 1, 2).copy()).to(device),
+        autocast,
+    )
     times = _timed(run, sync, spec["warmup"], spec["repeats"])
     out["loss"] = float(run().detach().float())  # one step more, after the timing
   peak = torch.cuda.max_memory_allocated() if cuda else None
-  return dict(out, median_s=statistics.median(times), times_s=times, peak_bytes=peak,
-              device=torch.cuda.get_device_name() if cuda else _cpu_name(),
-              version=torch.__version__)
+  return dict(
+      out,
+      median_s=statistics.median(times),
+      times_s=times,
+      peak_bytes=peak,
+      device=torch.cuda.get_device_name() if cuda else _cpu_name(),
+      version=torch.__version__,
+  )
 
 
 def _probe() -> dict:
   """What runs here: JAX's device, torch's, the versions. Imports nothing of ours."""
   import jax  # pylint: disable=import-outside-toplevel
+
   device = jax.devices()[0]
-  info = {"python": platform.python_version(), "jax": jax.__version__,
-          "jax_platform": device.platform, "jax_device": device.device_kind,
-          "jax_device_count": jax.device_count(), "cpu": _cpu_name()}
+  info = {
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "jax_platform": device.platform,
+      "jax_device": device.device_kind,
+      "jax_device_count": jax.device_count(),
+      "cpu": _cpu_name(),
+  }
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
     return dict(info, torch=None)
   cuda = torch.cuda.is_available()
-  return dict(info, torch=torch.__version__, torch_cuda=cuda,
-              torch_device=torch.cuda.get_device_name() if cuda else None)
+  return dict(
+      info,
+      torch=torch.__version__,
+      torch_cuda=cuda,
+      torch_device=torch.cuda.get_device_name() if cuda else None,
+  )
 
 
 def _cpu_name() -> str:
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
-      return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")),
-                  platform.machine())
+      return next(
+          (l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), platform.machine()
+      )
   except OSError:
     return platform.machine()
 
@@ -226,7 +271,9 @@ def child(spec: str) -> None:
   print(json.dumps(_probe() if impl == "probe" else {"jax": _jax, "torch": _torch}[impl](spec)))
 
 
-# ----------------------------------------------------------------------------- driver side
+# ----------------------------------------------------------------------------
+# Driver side.
+
 
 def plan(smoke: bool) -> list[dict]:
   """The settings in table order, each with `order`: the order they run in.
@@ -241,12 +288,30 @@ def plan(smoke: bool) -> list[dict]:
   settings = []
   for i, size in enumerate(forwards):
     for precision in ("fp32", "bf16"):
-      settings.append(dict(name=f"forward-{size}-{precision}", kind="forward", batch=1,
-                           size=size, precision=precision, order=(i, 0), **reps))
+      settings.append(
+          dict(
+              name=f"forward-{size}-{precision}",
+              kind="forward",
+              batch=1,
+              size=size,
+              precision=precision,
+              order=(i, 0),
+              **reps,
+          )
+      )
   for i, (batch, size) in enumerate(trains):
     for precision in ("fp32", "bf16"):
-      settings.append(dict(name=f"train-{batch}x{size}-{precision}", kind="train", batch=batch,
-                           size=size, precision=precision, order=(i, 1), **reps))
+      settings.append(
+          dict(
+              name=f"train-{batch}x{size}-{precision}",
+              kind="train",
+              batch=batch,
+              size=size,
+              precision=precision,
+              order=(i, 1),
+              **reps,
+          )
+      )
   return settings
 
 
@@ -259,8 +324,14 @@ def _run_child(spec: dict, timeout: float, env: dict) -> dict:
   """The child's figures plus its wall time, or {'error': ...} if it failed or timed out."""
   start = time.perf_counter()
   try:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                         capture_output=True, text=True, check=False, timeout=timeout, env=env)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env=env,
+    )
   except subprocess.TimeoutExpired:
     return {"error": f"timed out after {timeout:.0f} s", "wall_s": time.perf_counter() - start}
   wall_s = time.perf_counter() - start
@@ -271,10 +342,14 @@ def _run_child(spec: dict, timeout: float, env: dict) -> dict:
       pass
   why = " (killed: out of memory?)" if out.returncode == -9 else ""
   lines = out.stderr.strip().splitlines() or [""]
-  last = next((l for l in reversed(lines) if re.match(r"[\w.]+(Error|Exception)\b", l)),
-              lines[-1])[:300]
-  return {"error": f"exit code {out.returncode}{why}: {last}".rstrip(": "),
-          "stderr_tail": out.stderr[-3000:], "wall_s": wall_s}
+  last = next((l for l in reversed(lines) if re.match(r"[\w.]+(Error|Exception)\b", l)), lines[-1])[
+      :300
+  ]
+  return {
+      "error": f"exit code {out.returncode}{why}: {last}".rstrip(": "),
+      "stderr_tail": out.stderr[-3000:],
+      "wall_s": wall_s,
+  }
 
 
 def _time(seconds) -> str:
@@ -306,8 +381,11 @@ def _failed(r: dict) -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
-  lines = ["| setting | ours (JAX), median | compile | ours, peak memory | reference (PyTorch), "
-           "median | reference, peak memory | ours / reference |", "|---|---|---|---|---|---|---|"]
+  lines = [
+      "| setting | ours (JAX), median | compile | ours, peak memory | reference (PyTorch), "
+      "median | reference, peak memory | ours / reference |",
+      "|---|---|---|---|---|---|---|",
+  ]
   for row in rows:
     ours, ref = row.get("ours") or {"error": "not run"}, row.get("reference")
     if "error" in ours:
@@ -335,17 +413,23 @@ def header(info: dict, args, settings: list[dict], wall_s: float) -> str:
   if gpu and info.get("torch_device") not in (None, info["jax_device"]):
     device += f" (torch: {info['torch_device']})"
   versions = f"jax {info['jax']}" + (f", torch {info['torch']}" if info.get("torch") else "")
-  reps = " or ".join(f"{r} calls after {w} warm-up" for w, r in sorted(
-      {(s["warmup"], s["repeats"]) for s in settings}))
-  text = (f"{device}, {info['date']}, {versions}, Python {info['python']}; whole run "
-          f"{wall_s / 60:.1f} min: `{info['command']}`\n\n"
-          f"Medians of {reps}, each call synchronised. Peak memory: each row's own process "
-          "(jax `peak_bytes_in_use`, `torch.cuda.max_memory_allocated`). Reference: TF32 off, "
-          f"cudnn.benchmark {'on' if args.cudnn_benchmark else 'off'}.")
+  reps = " or ".join(
+      f"{r} calls after {w} warm-up"
+      for w, r in sorted({(s["warmup"], s["repeats"]) for s in settings})
+  )
+  text = (
+      f"{device}, {info['date']}, {versions}, Python {info['python']}; whole run "
+      f"{wall_s / 60:.1f} min: `{info['command']}`\n\n"
+      f"Medians of {reps}, each call synchronised. Peak memory: each row's own process "
+      "(jax `peak_bytes_in_use`, `torch.cuda.max_memory_allocated`). Reference: TF32 off, "
+      f"cudnn.benchmark {'on' if args.cudnn_benchmark else 'off'}."
+  )
   if args.smoke:
-    text += ("\n\n`--smoke`: a tiny network (dim 48, no repeated blocks) and tiny inputs"
-             + ("" if gpu else ", ours compiled at XLA's lowest optimisation, torch on one thread")
-             + ": a check of this script, not a benchmark.")
+    text += (
+        "\n\n`--smoke`: a tiny network (dim 48, no repeated blocks) and tiny inputs"
+        + ("" if gpu else ", ours compiled at XLA's lowest optimisation, torch on one thread")
+        + ": a check of this script, not a benchmark."
+    )
   return text
 
 
@@ -356,29 +440,47 @@ def check_text(check: dict | None, setting: str) -> str:
   if "skipped" in check:
     return f"{what}: not compared: {check['skipped']}"
   agree = "agree" if check["max_abs_diff"] <= CHECK_TOLERANCE else "**DIFFER**"
-  return (f"{what}: max |ours - reference| = {check['max_abs_diff']:.2e} "
-          f"(mean {check['mean_abs_diff']:.2e}): {agree}")
+  return (
+      f"{what}: max |ours - reference| = {check['max_abs_diff']:.2e} "
+      f"(mean {check['mean_abs_diff']:.2e}): {agree}"
+  )
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", help="JSON file (default benchmarks/results/gpu.json, "
-                      "with --smoke gpu_smoke.json)")
-  parser.add_argument("--smoke", action="store_true",
-                      help="tiny network and inputs, 2 repeats; runs on a CPU too")
-  parser.add_argument("--allow-cpu", action="store_true",
-                      help="run the full benchmark even where JAX sees no GPU")
+  parser.add_argument(
+      "--out",
+      help="JSON file (default benchmarks/results/gpu.json, with --smoke gpu_smoke.json)",
+  )
+  parser.add_argument(
+      "--smoke", action="store_true", help="tiny network and inputs, 2 repeats; runs on a CPU too"
+  )
+  parser.add_argument(
+      "--allow-cpu", action="store_true", help="run the full benchmark even where JAX sees no GPU"
+  )
   parser.add_argument("--no-reference", action="store_true", help="time ours alone")
-  parser.add_argument("--only", nargs="+", metavar="SETTING",
-                      help="run only these settings: " + ", ".join(
-                          s["name"] for s in plan(False)) + " (or --smoke's)")
-  parser.add_argument("--budget", type=float, default=470,
-                      help="seconds for the whole run (default 470); settings past it are "
-                      "skipped")
-  parser.add_argument("--timeout", type=float,
-                      help="seconds per measurement (default: forward 120, train step 180)")
-  parser.add_argument("--cudnn-benchmark", action="store_true",
-                      help="let cuDNN autotune the reference's convolutions, as XLA does ours")
+  parser.add_argument(
+      "--only",
+      nargs="+",
+      metavar="SETTING",
+      help="run only these settings: "
+      + ", ".join(s["name"] for s in plan(False))
+      + " (or --smoke's)",
+  )
+  parser.add_argument(
+      "--budget",
+      type=float,
+      default=470,
+      help="seconds for the whole run (default 470); settings past it are skipped",
+  )
+  parser.add_argument(
+      "--timeout", type=float, help="seconds per measurement (default: forward 120, train step 180)"
+  )
+  parser.add_argument(
+      "--cudnn-benchmark",
+      action="store_true",
+      help="let cuDNN autotune the reference's convolutions, as XLA does ours",
+  )
   parser.add_argument("--child", help=argparse.SUPPRESS)
   return parser
 
@@ -391,23 +493,27 @@ def preflight(args) -> tuple[dict, dict]:
     raise SystemExit(f"error: JAX does not start here: {probe['error']}")
   gpu = probe["jax_platform"] == "gpu"
   if not gpu and not (args.smoke or args.allow_cpu):
-    raise SystemExit(f"error: a CUDA device is needed and JAX sees none (backend "
-                     f"{probe['jax_platform']}; install jax[cuda12]); --smoke for a tiny run "
-                     "on this CPU, --allow-cpu for the full one")
+    raise SystemExit(
+        f"error: a CUDA device is needed and JAX sees none (backend "
+        f"{probe['jax_platform']}; install jax[cuda12]); --smoke for a tiny run "
+        "on this CPU, --allow-cpu for the full one"
+    )
   if not args.no_reference:
     why = bench_reference.available()
     if not why and gpu and not probe.get("torch_cuda"):
       why = f"torch {probe.get('torch')} sees no CUDA device (a CPU-only build?)"
     if why:
-      raise SystemExit(f"error: cannot time the PyTorch reference: {why}; --no-reference to "
-                       "time ours alone")
+      raise SystemExit(
+          f"error: cannot time the PyTorch reference: {why}; --no-reference to time ours alone"
+      )
   if not gpu and args.smoke:
     env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"), SMOKE_CPU_XLA_FLAGS]))
   return probe, env
 
 
-def measure(settings: list[dict], args, gpu: bool, env: dict, check_name: str | None,
-            deadline: float) -> None:
+def measure(
+    settings: list[dict], args, gpu: bool, env: dict, check_name: str | None, deadline: float
+) -> None:
   """Fills each setting's 'reference' and 'ours', one fresh child each, within the deadline."""
   start = time.perf_counter()
   sides = ([] if args.no_reference else [("reference", "torch")]) + [("ours", "jax")]
@@ -415,12 +521,14 @@ def measure(settings: list[dict], args, gpu: bool, env: dict, check_name: str | 
   with tempfile.TemporaryDirectory() as tmp:
     check_file = str(Path(tmp) / "reference_fp32.npz")
     for i, s in enumerate(runs, 1):
-      spec = dict({k: s[k] for k in ("kind", "batch", "size", "precision", "warmup",
-                                     "repeats")},
-                  net=SMOKE_NET if args.smoke else {}, device="cuda" if gpu else "cpu",
-                  cudnn_benchmark=args.cudnn_benchmark,
-                  torch_threads=1 if args.smoke and not gpu else None,
-                  check=check_file if s["name"] == check_name else None)
+      spec = dict(
+          {k: s[k] for k in ("kind", "batch", "size", "precision", "warmup", "repeats")},
+          net=SMOKE_NET if args.smoke else {},
+          device="cuda" if gpu else "cpu",
+          cudnn_benchmark=args.cudnn_benchmark,
+          torch_threads=1 if args.smoke and not gpu else None,
+          check=check_file if s["name"] == check_name else None,
+      )
       timeout = args.timeout or (120 if s["kind"] == "forward" else 180)
       print(f"[{i}/{len(runs)}] {label(s)} ...", flush=True)
       for side, impl in sides:  # the reference first: it leaves the weights for the check
@@ -429,8 +537,9 @@ def measure(settings: list[dict], args, gpu: bool, env: dict, check_name: str | 
           s[side] = {"error": f"skipped: over the {args.budget:.0f} s budget"}
         else:
           s[side] = _run_child(dict(spec, impl=impl), min(timeout, left), env)
-        print(f"    {side}: {_progress(s[side])}  [{time.perf_counter() - start:.0f} s]",
-              flush=True)
+        print(
+            f"    {side}: {_progress(s[side])}  [{time.perf_counter() - start:.0f} s]", flush=True
+        )
 
 
 def main() -> None:
@@ -443,33 +552,57 @@ def main() -> None:
   if args.only:
     unknown = sorted(set(args.only) - {s["name"] for s in settings})
     if unknown:
-      raise SystemExit(f"error: unknown --only {' '.join(unknown)}; known: "
-                       + " ".join(s["name"] for s in settings))
+      raise SystemExit(
+          f"error: unknown --only {' '.join(unknown)}; known: "
+          + " ".join(s["name"] for s in settings)
+      )
     settings = [s for s in settings if s["name"] in args.only]
   probe, env = preflight(args)
-  out = Path(args.out or ROOT / "benchmarks" / "results" /
-             ("gpu_smoke.json" if args.smoke else "gpu.json"))
+  out = Path(
+      args.out or ROOT / "benchmarks" / "results" / ("gpu_smoke.json" if args.smoke else "gpu.json")
+  )
   out.parent.mkdir(parents=True, exist_ok=True)
   # The check rides on the first row when it is an fp32 forward: the smallest one.
   first = settings[0] if settings else {}
-  check_name = first["name"] if (first.get("kind"), first.get("precision")) == (
-      "forward", "fp32") and not args.no_reference else None
+  check_name = (
+      first["name"]
+      if (first.get("kind"), first.get("precision")) == ("forward", "fp32")
+      and not args.no_reference
+      else None
+  )
 
-  measure(settings, args, probe["jax_platform"] == "gpu", env, check_name,
-          start + args.budget)
-  info = dict(probe, date=datetime.date.today().isoformat(), command=" ".join(
-      ["python", os.path.relpath(__file__, ROOT)] + sys.argv[1:]), smoke=args.smoke,
-              budget_s=args.budget, cudnn_benchmark=args.cudnn_benchmark,
-              net=SMOKE_NET if args.smoke else "default", wall_s=time.perf_counter() - start)
+  measure(settings, args, probe["jax_platform"] == "gpu", env, check_name, start + args.budget)
+  info = dict(
+      probe,
+      date=datetime.date.today().isoformat(),
+      command=" ".join(["python", os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+      smoke=args.smoke,
+      budget_s=args.budget,
+      cudnn_benchmark=args.cudnn_benchmark,
+      net=SMOKE_NET if args.smoke else "default",
+      wall_s=time.perf_counter() - start,
+  )
   lines = [header(info, args, settings, info["wall_s"]), ""] + table(settings)
   check = first.get("ours", {}).get("check") if check_name else None
   if check_name:
     lines += ["", check_text(check, label(first))]
   text = "\n".join(lines)
   print("\n" + text)
-  out.write_text(json.dumps(dict(info, check=check, markdown=text, items=[
-      dict(setting=label(s), **{k: v for k, v in s.items() if k != "order"})
-      for s in settings]), indent=1) + "\n")
+  out.write_text(
+      json.dumps(
+          dict(
+              info,
+              check=check,
+              markdown=text,
+              items=[
+                  dict(setting=label(s), **{k: v for k, v in s.items() if k != "order"})
+                  for s in settings
+              ],
+          ),
+          indent=1,
+      )
+      + "\n"
+  )
   print(f"\nwrote {out}")
 
 

@@ -34,15 +34,41 @@ import bench_train_step  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-KINDS = ("1x1 conv (matmul)", "3x3 conv", "depthwise 3x3 conv", "attention matmuls",
-         "attention normalise + softmax", "layer norm", "GELU gating", "prompt blocks",
-         "pad / slice / transpose / copy", "loss + residual + other",
-         "ops on params: optimizer, masks, mean", "params, optimizer state, masks, batch")
-_MOVES = {"copy", "transpose", "pad", "slice", "concatenate", "dynamic-slice", "bitcast",
-          "dynamic-update-slice", "broadcast", "reshape", "parameter", "constant", "tuple",
-          "get-tuple-element", "copy-start", "copy-done"}
-_POINTWISE = re.compile(r"/(qkv|project_in|project_out|reduce_chan_level\d|"
-                        r"reduce_noise_level\d)/")
+KINDS = (
+    "1x1 conv (matmul)",
+    "3x3 conv",
+    "depthwise 3x3 conv",
+    "attention matmuls",
+    "attention normalise + softmax",
+    "layer norm",
+    "GELU gating",
+    "prompt blocks",
+    "pad / slice / transpose / copy",
+    "loss + residual + other",
+    "ops on params: optimizer, masks, mean",
+    "params, optimizer state, masks, batch",
+)
+_MOVES = {
+    "copy",
+    "transpose",
+    "pad",
+    "slice",
+    "concatenate",
+    "dynamic-slice",
+    "bitcast",
+    "dynamic-update-slice",
+    "broadcast",
+    "reshape",
+    "parameter",
+    "constant",
+    "tuple",
+    "get-tuple-element",
+    "copy-start",
+    "copy-done",
+}
+_POINTWISE = re.compile(
+    r"/(qkv|project_in|project_out|reduce_chan_level\d|" r"reduce_noise_level\d)/"
+)
 
 
 def kind_of(op_name: str, opcodes: set) -> str:
@@ -94,11 +120,16 @@ def parse_hlo(text: str) -> tuple[dict, list]:
       name, opcode, rest = m.groups()
       op_name = re.search(r'op_name="([^"]*)"', rest)
       called = re.search(r"calls=%?([\w.\-]+)", rest)
-      current.append((name, opcode, op_name.group(1) if op_name else "",
-                      called.group(1) if called else None))
+      current.append(
+          (name, opcode, op_name.group(1) if op_name else "", called.group(1) if called else None)
+      )
   inner_computations = set(re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", text))
-  kernels = [name for c, body in computations.items() if c not in inner_computations
-             for name, opcode, _, _ in body]
+  kernels = [
+      name
+      for c, body in computations.items()
+      if c not in inner_computations
+      for name, opcode, _, _ in body
+  ]
   table = {}
   for body in computations.values():
     for name, opcode, op_name, called in body:
@@ -130,8 +161,10 @@ def peak_buffers(dump_dir: str) -> dict:
   path = glob.glob(os.path.join(dump_dir, "*live-range.txt"))[0]
   text = Path(path).read_text()
   block = text.split("(peak):", 1)[1].split("Stack trace", 1)[0]
-  return {m.group(1): int(m.group(2))
-          for m in re.finditer(r"^\s+([\w.\-]+)\{[^}]*\}: (\d+) bytes", block, re.M)}
+  return {
+      m.group(1): int(m.group(2))
+      for m in re.finditer(r"^\s+([\w.\-]+)\{[^}]*\}: (\d+) bytes", block, re.M)
+  }
 
 
 def profile(fn, args, name: str, title: str = "") -> dict:
@@ -140,8 +173,13 @@ def profile(fn, args, name: str, title: str = "") -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     dump = os.path.join(tmp, "dump")
     t = time.perf_counter()
-    compiled = fn.lower(*args).compile(compiler_options={
-        "xla_dump_to": dump, "xla_dump_hlo_as_text": True, "xla_dump_hlo_module_re": name})
+    compiled = fn.lower(*args).compile(
+        compiler_options={
+            "xla_dump_to": dump,
+            "xla_dump_hlo_as_text": True,
+            "xla_dump_hlo_module_re": name,
+        }
+    )
     compile_s = time.perf_counter() - t  # includes writing the dump
     peak = peak_buffers(dump)
     jax.block_until_ready(compiled(*args))
@@ -160,49 +198,79 @@ def profile(fn, args, name: str, title: str = "") -> dict:
     rows[kind_of(op_name or op, opcodes)]["peak_bytes"] += size
   for op in kernels:
     op_name, opcodes = table[op]
-    if not opcodes <= {"parameter", "constant", "tuple", "get-tuple-element", "bitcast",
-                       "while", "call"}:
+    if not opcodes <= {
+        "parameter",
+        "constant",
+        "tuple",
+        "get-tuple-element",
+        "bitcast",
+        "while",
+        "call",
+    }:
       rows[kind_of(op_name, opcodes)]["kernels"] += 1
-  top = [{"op": op, "seconds": seconds, "kind": kind_of(*table[op]), "op_name": table[op][0]}
-         for op, seconds in times.most_common() if op in table and table[op][1] != {"while"}]
-  big = [{"op": op, "bytes": size, "kind": kind_of(*table.get(op, (op, set()))),
-          "op_name": table.get(op, ("", set()))[0]}
-         for op, size in sorted(peak.items(), key=lambda kv: -kv[1])]
-  return {"name": title or name, "compile_s": compile_s, "wall_s": wall, "kinds": rows,
-          "slowest_ops": top[:50], "largest_at_peak": big[:50]}
+  top = [
+      {"op": op, "seconds": seconds, "kind": kind_of(*table[op]), "op_name": table[op][0]}
+      for op, seconds in times.most_common()
+      if op in table and table[op][1] != {"while"}
+  ]
+  big = [
+      {
+          "op": op,
+          "bytes": size,
+          "kind": kind_of(*table.get(op, (op, set()))),
+          "op_name": table.get(op, ("", set()))[0],
+      }
+      for op, size in sorted(peak.items(), key=lambda kv: -kv[1])
+  ]
+  return {
+      "name": title or name,
+      "compile_s": compile_s,
+      "wall_s": wall,
+      "kinds": rows,
+      "slowest_ops": top[:50],
+      "largest_at_peak": big[:50],
+  }
 
 
 def table(result: dict) -> str:
   rows, total_s = result["kinds"], sum(r["seconds"] for r in result["kinds"].values())
   total_b = sum(r["peak_bytes"] for r in rows.values())
-  lines = [f"**{result['title']}**: {result['wall_s']:.2f} s traced wall time, "
-           f"{total_s:.2f} s summed op time, {total_b / 2**30:.2f} GiB of buffers at "
-           f"XLA's planned peak, compile {result['compile_s']:.1f} s",
-           "", "| kind of op | op time | share | at peak | share | kernels |",
-           "|---|---|---|---|---|---|"]
+  lines = [
+      f"**{result['title']}**: {result['wall_s']:.2f} s traced wall time, "
+      f"{total_s:.2f} s summed op time, {total_b / 2**30:.2f} GiB of buffers at "
+      f"XLA's planned peak, compile {result['compile_s']:.1f} s",
+      "",
+      "| kind of op | op time | share | at peak | share | kernels |",
+      "|---|---|---|---|---|---|",
+  ]
   for kind, r in sorted(rows.items(), key=lambda kv: -kv[1]["seconds"]):
     share = 100 * r["seconds"] / max(total_s, 1e-9)
-    lines.append(f"| {kind} | {r['seconds']:.2f} s | {share:.0f}% "
-                 f"| {r['peak_bytes'] / 2**20:.0f} MiB "
-                 f"| {100 * r['peak_bytes'] / max(total_b, 1):.0f}% | {r['kernels']} |")
+    lines.append(
+        f"| {kind} | {r['seconds']:.2f} s | {share:.0f}% "
+        f"| {r['peak_bytes'] / 2**20:.0f} MiB "
+        f"| {100 * r['peak_bytes'] / max(total_b, 1):.0f}% | {r['kernels']} |"
+    )
   return "\n".join(lines)
 
 
 def top_ops(result: dict, n: int) -> str:
   """The `n` slowest ops and the `n` largest buffers at the peak, with their op_names."""
   lines = [f"slowest ops of the {result['name']}:"]
-  lines += [f"  {o['seconds'] * 1e3:8.1f} ms  {o['kind']:<30} {o['op_name'][:110]}"
-            for o in result["slowest_ops"][:n]]
+  lines += [
+      f"  {o['seconds'] * 1e3:8.1f} ms  {o['kind']:<30} {o['op_name'][:110]}"
+      for o in result["slowest_ops"][:n]
+  ]
   lines.append(f"largest buffers at the {result['name']}'s planned peak:")
-  lines += [f"  {o['bytes'] / 2**20:8.1f} MiB {o['kind']:<30} {o['op_name'][:110] or o['op']}"
-            for o in result["largest_at_peak"][:n]]
+  lines += [
+      f"  {o['bytes'] / 2**20:8.1f} MiB {o['kind']:<30} {o['op_name'][:110] or o['op']}"
+      for o in result["largest_at_peak"][:n]
+  ]
   return "\n".join(lines)
 
 
 def main(argv=None) -> list:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--what", nargs="+", default=["step", "forward"],
-                      choices=["step", "forward"])
+  parser.add_argument("--what", nargs="+", default=["step", "forward"], choices=["step", "forward"])
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--size", type=int, default=64)
   parser.add_argument("--forward-size", type=int, default=128)
@@ -213,8 +281,18 @@ def main(argv=None) -> list:
   parser.add_argument("--json", help="also write the figures here")
   args = parser.parse_args(argv)
   from mirl_jax import models, train_step as ts  # pylint: disable=import-outside-toplevel
-  kw = dict(dim=8, num_blocks=(1, 1, 2, 2), num_refinement_blocks=1, prompt_dims=(8, 16, 32),
-            prompt_sizes=(8, 4, 2)) if args.tiny else {}
+
+  kw = (
+      dict(
+          dim=8,
+          num_blocks=(1, 1, 2, 2),
+          num_refinement_blocks=1,
+          prompt_dims=(8, 16, 32),
+          prompt_sizes=(8, 4, 2),
+      )
+      if args.tiny
+      else {}
+  )
   model = models.PromptIR(dtype=args.dtype, remat=args.remat, **kw)
   net = "tiny network" if args.tiny else "default network"
   results = []
@@ -222,8 +300,10 @@ def main(argv=None) -> list:
     mesh, state, masks, x, y = bench_train_step.setup(model, args.batch, args.size)
     step = ts.make_train_step(mesh, donate=False)
     result = profile(step, (state, masks, x, y), "step", "training step")
-    result["title"] = (f"training step, {net} ({args.dtype}, remat {args.remat}), batch "
-                       f"{args.batch}x{args.size}x{args.size}x3, L1 + AdamW, masked")
+    result["title"] = (
+        f"training step, {net} ({args.dtype}, remat {args.remat}), batch "
+        f"{args.batch}x{args.size}x{args.size}x3, L1 + AdamW, masked"
+    )
     results.append(result)
   if "forward" in args.what:
     params = models.init_params(model, jax.random.key(0))

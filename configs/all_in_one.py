@@ -21,6 +21,7 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
+  # fmt: off
   config = ml_collections.ConfigDict()
   config.seed = 0  # the init PRNG key: rewinding re-creates theta_0 from it
 
@@ -115,4 +116,5 @@ def get_config() -> ml_collections.ConfigDict:
       tile=512,                        # larger images are restored in overlapping tiles
       overlap=32,                      # pixels shared by neighbouring tiles
   ))
+  # fmt: on
   return config

@@ -1,12 +1,13 @@
 r"""The whole method in minutes on a laptop CPU: a tiny PromptIR, the embedded demo data.
 
-  python -m mirl_jax.main --config configs/demo.py --workdir runs/demo
+python -m mirl_jax.main --config configs/demo.py --workdir runs/demo
 """
 
 from configs import all_in_one
 
 
 def get_config():
+  # fmt: off
   config = all_in_one.get_config()
   config.model.update(dict(dim=8, num_blocks=(1, 1, 1, 2), num_refinement_blocks=1,
                            heads=(1, 1, 2, 2), prompt_dims=(8, 16, 16),
@@ -21,4 +22,5 @@ def get_config():
   config.train.update(dict(epochs=8, warmup_epochs=1, learning_rate=4e-3,
                            log_every_steps=10, checkpoint_every_steps=100))
   config.lottery.rounds = 3
+  # fmt: on
   return config

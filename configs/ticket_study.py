@@ -18,6 +18,7 @@ from configs import demo
 
 
 def get_config() -> ml_collections.ConfigDict:
+  # fmt: off
   config = demo.get_config()
   config.lottery.rounds = 11
   config.train.epochs = 6
@@ -25,4 +26,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.study = ml_collections.ConfigDict(dict(
       every=1,  # the controls (b)-(d) train at every `every`-th pruned round and the last
   ))
+  # fmt: on
   return config

@@ -23,12 +23,27 @@ def launch(processes: int, args: list[str], devices_per_process: int = 1) -> int
   """Starts the processes, waits for all; returns the first non-zero exit code."""
   address = f"127.0.0.1:{free_port()}"
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-  env["XLA_FLAGS"] = " ".join(filter(None, [
-      env.get("XLA_FLAGS"), f"--xla_force_host_platform_device_count={devices_per_process}"]))
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "mirl_jax.main", f"--coordinator_address={address}",
-       f"--num_processes={processes}", f"--process_id={i}", *args], env=env)
-      for i in range(processes)]
+  env["XLA_FLAGS"] = " ".join(
+      filter(
+          None,
+          [env.get("XLA_FLAGS"), f"--xla_force_host_platform_device_count={devices_per_process}"],
+      )
+  )
+  procs = [
+      subprocess.Popen(
+          [
+              sys.executable,
+              "-m",
+              "mirl_jax.main",
+              f"--coordinator_address={address}",
+              f"--num_processes={processes}",
+              f"--process_id={i}",
+              *args,
+          ],
+          env=env,
+      )
+      for i in range(processes)
+  ]
   codes = [p.wait() for p in procs]
   return next((c for c in codes if c), 0)
 

@@ -22,7 +22,8 @@ TASKS = ("denoise", "derain", "dehaze")
 MULTIPLE = restore.MULTIPLE  # the network halves the resolution three times
 
 
-# ---------------------------------------------------------------- what keys mean
+# ----------------------------------------------------------------------------
+# What keys mean.
 
 
 def _comment_lines(source: str) -> dict[int, str]:
@@ -38,8 +39,12 @@ def _comment_at(line: int, column: int, comments: dict[int, str], lines: list[st
   """The comment on `line`, with comment-only lines below it indented past `column`."""
   parts = [comments[line]] if line in comments else []
   nxt = line + 1
-  while parts and nxt in comments and lines[nxt - 1].strip().startswith("#") and (
-      len(lines[nxt - 1]) - len(lines[nxt - 1].lstrip()) > column):
+  while (
+      parts
+      and nxt in comments
+      and lines[nxt - 1].strip().startswith("#")
+      and (len(lines[nxt - 1]) - len(lines[nxt - 1].lstrip()) > column)
+  ):
     parts.append(comments[nxt])
     nxt += 1
   return " ".join(parts)
@@ -70,8 +75,9 @@ def _keyword_comments(keywords, prefix, comments, lines) -> dict[str, str]:
   found = {}
   for i, kw in enumerate(keywords):
     last = i + 1 == len(keywords) or keywords[i + 1].lineno > kw.value.end_lineno
-    found[f"{prefix}.{kw.arg}"] = _comment_at(
-        kw.value.end_lineno, kw.value.col_offset, comments, lines) if last else ""
+    found[f"{prefix}.{kw.arg}"] = (
+        _comment_at(kw.value.end_lineno, kw.value.col_offset, comments, lines) if last else ""
+    )
   return found
 
 
@@ -80,8 +86,10 @@ def _file_comments(path: Path) -> tuple[dict[str, str], list[str]]:
   source = path.read_text()
   lines, comments = source.splitlines(), _comment_lines(source)
   found, imports = {}, []
-  nodes = sorted((n for n in ast.walk(ast.parse(source)) if hasattr(n, "lineno")),
-                 key=lambda n: (n.lineno, n.col_offset))
+  nodes = sorted(
+      (n for n in ast.walk(ast.parse(source)) if hasattr(n, "lineno")),
+      key=lambda n: (n.lineno, n.col_offset),
+  )
   for node in nodes:
     if isinstance(node, ast.ImportFrom) and node.module == "configs":
       imports += [alias.name for alias in node.names]
@@ -91,13 +99,24 @@ def _file_comments(path: Path) -> tuple[dict[str, str], list[str]]:
       if key and not keywords:
         found[key] = _comment_at(node.lineno, node.col_offset, comments, lines)
       elif key:  # a section: the comment line above it
-        found[key] = comments.get(node.lineno - 1, "") if lines[node.lineno - 2].strip(
-        ).startswith("#") else ""
+        found[key] = (
+            comments.get(node.lineno - 1, "")
+            if lines[node.lineno - 2].strip().startswith("#")
+            else ""
+        )
         found.update(_keyword_comments(keywords, key, comments, lines))
-    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-          and node.func.attr == "update" and node.args and _config_path(node.func.value)):
-      found.update(_keyword_comments(_dict_keywords(node.args[0]), _config_path(
-          node.func.value), comments, lines))
+    elif (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "update"
+        and node.args
+        and _config_path(node.func.value)
+    ):
+      found.update(
+          _keyword_comments(
+              _dict_keywords(node.args[0]), _config_path(node.func.value), comments, lines
+          )
+      )
   return found, imports
 
 
@@ -128,8 +147,10 @@ def describe(config, config_file: str | Path) -> str:
   """Every key with its value and meaning, as `key = value  # comment` lines."""
   notes = comments(config_file)
   order = {k: i for i, k in enumerate(notes)}
-  rows = sorted(((k, repr(v.to_dict() if hasattr(v, "to_dict") else v))
-                 for k, v in _flatten(config)), key=lambda kv: order.get(kv[0], len(order)))
+  rows = sorted(
+      ((k, repr(v.to_dict() if hasattr(v, "to_dict") else v)) for k, v in _flatten(config)),
+      key=lambda kv: order.get(kv[0], len(order)),
+  )
   width = max(len(k) + len(v) + 3 for k, v in rows)
   out = [f"# {config_file}: set any key with --config.KEY=VALUE"]
   section = None
@@ -145,7 +166,8 @@ def describe(config, config_file: str | Path) -> str:
   return "\n".join(out)
 
 
-# ---------------------------------------------------------------- valid values
+# ----------------------------------------------------------------------------
+# Valid values.
 
 
 def _is_int(v) -> bool:
@@ -157,8 +179,11 @@ def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
 
 
 def _ints(count: int, low: int) -> tuple[Callable[[Any], bool], str]:
-  return (lambda v: isinstance(v, (tuple, list)) and len(v) == count
-          and all(_is_int(x) and x >= low for x in v)), f"{count} integers >= {low}"
+  return (
+      lambda v: isinstance(v, (tuple, list))
+      and len(v) == count
+      and all(_is_int(x) and x >= low for x in v)
+  ), f"{count} integers >= {low}"
 
 
 def _one_of(choices) -> tuple[Callable[[Any], bool], str]:
@@ -171,21 +196,29 @@ def _kind(types, what: str) -> tuple[Callable[[Any], bool], str]:
 
 def _number(low: float, high: float | None = None) -> tuple[Callable[[Any], bool], str]:
   def ok(v):
-    return (isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= low
-            and (high is None or v < high))
+    return (
+        isinstance(v, numbers.Real)
+        and not isinstance(v, bool)
+        and v >= low
+        and (high is None or v < high)
+    )
+
   return ok, f"a number in [{low}, {high})" if high is not None else f"a number >= {low}"
 
 
 def _sets(v) -> bool:
   return isinstance(v, (tuple, list)) and all(
       isinstance(s, str) and s.count("/") == 1 and s.split("/")[0] in TASKS and s.split("/")[1]
-      for s in v)
+      for s in v
+  )
 
 
 _BOOL = _kind(bool, "True or False")
 _STR = _kind(str, "a string")
-_POSITIVE = (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0,
-             "a number > 0")
+_POSITIVE = (
+    lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0,
+    "a number > 0",
+)
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": _int_at_least(0),
@@ -208,13 +241,21 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.train_sets": (_sets, f'a tuple of "task/Set" names, task one of {", ".join(TASKS)}'),
     "data.test_sets": (_sets, f'a tuple of "task/Set" names, task one of {", ".join(TASKS)}'),
     "data.batch_size": _int_at_least(1),
-    "data.patch_size": ((lambda v: _is_int(v) and v >= MULTIPLE and v % MULTIPLE == 0),
-                        f"a positive multiple of {MULTIPLE}"),
-    "data.sigmas": ((lambda v: isinstance(v, (tuple, list)) and len(v) > 0
-                     and all(_POSITIVE[0](s) for s in v)), "a non-empty tuple of numbers > 0"),
-    "data.repeats": ((lambda v: hasattr(v, "items") and all(
-        k in TASKS and _is_int(n) and n >= 0 for k, n in v.items())),
-                     f"a dict of {', '.join(TASKS)} to integers >= 0"),
+    "data.patch_size": (
+        (lambda v: _is_int(v) and v >= MULTIPLE and v % MULTIPLE == 0),
+        f"a positive multiple of {MULTIPLE}",
+    ),
+    "data.sigmas": (
+        (lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_POSITIVE[0](s) for s in v)),
+        "a non-empty tuple of numbers > 0",
+    ),
+    "data.repeats": (
+        (
+            lambda v: hasattr(v, "items")
+            and all(k in TASKS and _is_int(n) and n >= 0 for k, n in v.items())
+        ),
+        f"a dict of {', '.join(TASKS)} to integers >= 0",
+    ),
     "data.worker_count": _int_at_least(0),
     "data.read_threads": _int_at_least(1),
     "train.epochs": _int_at_least(1),
@@ -245,10 +286,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "restore.inputs": _STR,
     "restore.output_dir": _STR,
     "restore.ticket": _int_at_least(-1),
-    "restore.tile": ((lambda v: _is_int(v) and v >= 2 * MULTIPLE and v % MULTIPLE == 0),
-                     f"a multiple of {MULTIPLE}, at least {2 * MULTIPLE}"),
-    "restore.overlap": ((lambda v: _is_int(v) and v >= 0 and v % MULTIPLE == 0),
-                        f"a multiple of {MULTIPLE}, >= 0"),
+    "restore.tile": (
+        (lambda v: _is_int(v) and v >= 2 * MULTIPLE and v % MULTIPLE == 0),
+        f"a multiple of {MULTIPLE}, at least {2 * MULTIPLE}",
+    ),
+    "restore.overlap": (
+        (lambda v: _is_int(v) and v >= 0 and v % MULTIPLE == 0),
+        f"a multiple of {MULTIPLE}, >= 0",
+    ),
     "restore.overwrite": _BOOL,
     "restore.format": _one_of(images.OUTPUT_FORMATS),
     "study.every": _int_at_least(1),
@@ -265,30 +310,49 @@ def _check_relations(values: dict[str, Any]) -> None:
   model = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("model.")}
   if "dim" in model and "heads" in model:
     for level, heads in enumerate(model["heads"]):
-      if (model["dim"] * 2 ** level) % heads:
-        raise _bad("model.heads", tuple(model["heads"]),
-                   f"heads that divide the channels of each level ({model['dim']} * 2**level): "
-                   f"level {level + 1} has {model['dim'] * 2 ** level}")
+      if (model["dim"] * 2**level) % heads:
+        raise _bad(
+            "model.heads",
+            tuple(model["heads"]),
+            f"heads that divide the channels of each level ({model['dim']} * 2**level): "
+            f"level {level + 1} has {model['dim'] * 2 ** level}",
+        )
   if {"dim", "prompt_dims", "noise_level_heads"} <= set(model):
-    widths = [model["dim"] * 2 ** i + p for i, p in zip((1, 2, 3), model["prompt_dims"])]
+    widths = [model["dim"] * 2**i + p for i, p in zip((1, 2, 3), model["prompt_dims"])]
     if any(w % model["noise_level_heads"] for w in widths):
-      raise _bad("model.noise_level_heads", model["noise_level_heads"],
-                 f"a divisor of the prompted widths {widths}")
+      raise _bad(
+          "model.noise_level_heads",
+          model["noise_level_heads"],
+          f"a divisor of the prompted widths {widths}",
+      )
   epochs, warmup = values.get("train.epochs"), values.get("train.warmup_epochs")
   if epochs is not None and warmup is not None and warmup >= epochs:
     raise _bad("train.warmup_epochs", warmup, f"fewer than train.epochs ({epochs})")
   if warmup == 0 and values.get("train.lr_per_epoch"):
-    raise _bad("train.warmup_epochs", 0, ">= 1 with train.lr_per_epoch=True (the reference's "
-               "per-epoch schedule stays at lr 0 without warmup)")
+    raise _bad(
+        "train.warmup_epochs",
+        0,
+        ">= 1 with train.lr_per_epoch=True (the reference's "
+        "per-epoch schedule stays at lr 0 without warmup)",
+    )
   if values.get("lottery.rewind") == "late" and values.get("lottery.late_step", 1) < 1:
-    raise _bad("lottery.late_step", values["lottery.late_step"],
-               ">= 1 with lottery.rewind='late' (the step of round 0 to rewind to)")
+    raise _bad(
+        "lottery.late_step",
+        values["lottery.late_step"],
+        ">= 1 with lottery.rewind='late' (the step of round 0 to rewind to)",
+    )
   if values.get("lottery.reference_pool") and values.get("lottery.scope") == "layerwise":
-    raise _bad("lottery.reference_pool", True, "False with lottery.scope='layerwise' (the "
-               "pool decides only the global threshold)")
+    raise _bad(
+        "lottery.reference_pool",
+        True,
+        "False with lottery.scope='layerwise' (the pool decides only the global threshold)",
+    )
   if values.get("export.lightning") and values.get("export.format") == "npz":
-    raise _bad("export.lightning", True, "False with export.format='npz' (Lightning's layout "
-               "is a torch file)")
+    raise _bad(
+        "export.lightning",
+        True,
+        "False with export.format='npz' (Lightning's layout is a torch file)",
+    )
   batch, micro = values.get("data.batch_size"), values.get("train.microbatches")
   if batch is not None and micro is not None and batch % micro:
     raise _bad("train.microbatches", micro, f"a divisor of data.batch_size ({batch})")
@@ -317,8 +381,12 @@ def validate(config, mode: str | None = None) -> None:
   if mode == "import" and missing and values.get("import_init"):
     return  # theta_0 alone: a run that starts from the reference's init
   if mode == "import" and missing:
-    raise ValueError("--mode import needs --config.import_from=FILE (a checkpoint), "
-                     "--config.import_init=FILE (its theta_0) or both")
+    raise ValueError(
+        "--mode import needs --config.import_from=FILE (a checkpoint), "
+        "--config.import_init=FILE (its theta_0) or both"
+    )
   if missing:
-    raise ValueError(f"--mode {mode} needs " + " and ".join(
-        f"--config.{k}={_PLACEHOLDER.get(k, 'FILE')}" for k in missing))
+    raise ValueError(
+        f"--mode {mode} needs "
+        + " and ".join(f"--config.{k}={_PLACEHOLDER.get(k, 'FILE')}" for k in missing)
+    )

@@ -21,11 +21,25 @@ import numpy as np
 from mirl_jax import masks as masks_lib
 from mirl_jax import models
 
-UNUSED = ("chnl_reduce1", "chnl_reduce2", "chnl_reduce3",
-          "reduce_noise_channel_1", "reduce_noise_channel_2", "reduce_noise_channel_3")
+UNUSED = (
+    "chnl_reduce1",
+    "chnl_reduce2",
+    "chnl_reduce3",
+    "reduce_noise_channel_1",
+    "reduce_noise_channel_2",
+    "reduce_noise_channel_3",
+)
 LIGHTNING_PREFIX = "net."
-_SEQUENCES = ("encoder_level1", "encoder_level2", "encoder_level3", "latent",
-              "decoder_level3", "decoder_level2", "decoder_level1", "refinement")
+_SEQUENCES = (
+    "encoder_level1",
+    "encoder_level2",
+    "encoder_level3",
+    "latent",
+    "decoder_level3",
+    "decoder_level2",
+    "decoder_level1",
+    "refinement",
+)
 _RESAMPLE = re.compile(r"^(down|up)\d_\d$")
 
 
@@ -81,7 +95,7 @@ def _strip(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   """Drop the Lightning prefix (if every key has it) and the unused convs."""
   keys = list(state_dict)
   if keys and all(k.startswith(LIGHTNING_PREFIX) for k in keys):
-    state_dict = {k[len(LIGHTNING_PREFIX):]: v for k, v in state_dict.items()}
+    state_dict = {k[len(LIGHTNING_PREFIX) :]: v for k, v in state_dict.items()}
   return {k: v for k, v in state_dict.items() if k.split(".")[0] not in UNUSED}
 
 
@@ -93,9 +107,14 @@ def unused_shapes(model: models.PromptIR) -> dict[str, tuple[int, int]]:
   """
   p1, p2, p3 = model.prompt_dims
   d = model.dim
-  return {"chnl_reduce1": (p1, p1), "chnl_reduce2": (p2, p2), "chnl_reduce3": (p3, 2 * p2),
-          "reduce_noise_channel_1": (d + p1, d), "reduce_noise_channel_2": (2 * d + p2, 2 * d),
-          "reduce_noise_channel_3": (4 * d + 2 * p2, 4 * d)}
+  return {
+      "chnl_reduce1": (p1, p1),
+      "chnl_reduce2": (p2, p2),
+      "chnl_reduce3": (p3, 2 * p2),
+      "reduce_noise_channel_1": (d + p1, d),
+      "reduce_noise_channel_2": (2 * d + p2, 2 * d),
+      "reduce_noise_channel_3": (4 * d + 2 * p2, 4 * d),
+  }
 
 
 def unused_init(model: models.PromptIR, key: jax.Array) -> dict:
@@ -105,9 +124,12 @@ def unused_init(model: models.PromptIR, key: jax.Array) -> dict:
   """
   out = {}
   for i, (name, (cin, cout)) in enumerate(unused_shapes(model).items()):
-    u = np.asarray(jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 0x0C0417), i),
-                                      (1, 1, cin, cout)))
-    out[name] = {"kernel": ((2.0 * u - 1.0) * np.float32(cin ** -0.5)).astype(np.float32)}
+    u = np.asarray(
+        jax.random.uniform(
+            jax.random.fold_in(jax.random.fold_in(key, 0x0C0417), i), (1, 1, cin, cout)
+        )
+    )
+    out[name] = {"kernel": ((2.0 * u - 1.0) * np.float32(cin**-0.5)).astype(np.float32)}
   return out
 
 
@@ -118,7 +140,7 @@ def unused_from_torch(state_dict: Mapping[str, Any], model: models.PromptIR) -> 
   """
   keys = list(state_dict)
   if keys and all(k.startswith(LIGHTNING_PREFIX) for k in keys):
-    state_dict = {k[len(LIGHTNING_PREFIX):]: v for k, v in state_dict.items()}
+    state_dict = {k[len(LIGHTNING_PREFIX) :]: v for k, v in state_dict.items()}
   shapes = unused_shapes(model)
   found = [n for n in shapes if f"{n}.weight" in state_dict]
   if not found:
@@ -126,8 +148,10 @@ def unused_from_torch(state_dict: Mapping[str, Any], model: models.PromptIR) -> 
   out = {}
   for name, (cin, cout) in shapes.items():
     if name not in found:
-      raise ValueError(f"the state_dict has {', '.join(found)} but not {name}.weight: "
-                       "expected all six unused convs of the reference or none")
+      raise ValueError(
+          f"the state_dict has {', '.join(found)} but not {name}.weight: "
+          "expected all six unused convs of the reference or none"
+      )
     w = _as_numpy(state_dict[f"{name}.weight"])
     if w.shape != (cout, cin, 1, 1):
       raise ValueError(f"{name}.weight: got {w.shape}, expected {(cout, cin, 1, 1)}")
@@ -169,15 +193,23 @@ def params_from_torch(state_dict: Mapping[str, Any], model: models.PromptIR | No
     leaf = masks_lib.path_name(path).rsplit("/", 1)[-1]
     array = _to_flax(leaf, _as_numpy(state_dict[name]))
     if array.shape != shape.shape:
-      wrong.append((order[name], f"{name}: got {tuple(np.shape(state_dict[name]))}, "
-                                 f"expected {_torch_shape(leaf, shape.shape)}"))
+      wrong.append(
+          (
+              order[name],
+              f"{name}: got {tuple(np.shape(state_dict[name]))}, "
+              f"expected {_torch_shape(leaf, shape.shape)}",
+          )
+      )
     leaves.append(array)
   wrong = [w for _, w in sorted(wrong)]
   if missing or unexpected or wrong:
     from mirl_jax import checkpointing  # pylint: disable=import-outside-toplevel  (needs grain)
-    raise ValueError("The state_dict does not match PromptIR: "
-                     + checkpointing.describe_mismatch(missing, unexpected, wrong)
-                     + "; is --config the one the checkpoint was made with?")
+
+    raise ValueError(
+        "The state_dict does not match PromptIR: "
+        + checkpointing.describe_mismatch(missing, unexpected, wrong)
+        + "; is --config the one the checkpoint was made with?"
+    )
   params = jax.tree_util.tree_unflatten(treedef, leaves)
   return params, masks_lib.masks_from_params(params)
 
@@ -201,8 +233,10 @@ _GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+)")
 def _unreadable(path: str, what: str) -> ValueError:
   """One line in place of the reader's own error, which may span pages."""
   size = os.path.getsize(path)
-  return ValueError(f"{path} is not a readable {what}: its {size:,} bytes are truncated, "
-                    "damaged or another kind of file")
+  return ValueError(
+      f"{path} is not a readable {what}: its {size:,} bytes are truncated, "
+      "damaged or another kind of file"
+  )
 
 
 def _torch_load(path: str):
@@ -215,8 +249,9 @@ def _torch_load(path: str):
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise ValueError(f"Reading {path} needs PyTorch: pip install 'mirl_jax[torch]' "
-                     "(or pip install torch).") from None
+    raise ValueError(
+        f"Reading {path} needs PyTorch: pip install 'mirl_jax[torch]' (or pip install torch)."
+    ) from None
   serialization = torch.serialization
   try:
     if hasattr(serialization, "safe_globals"):  # torch >= 2.5
@@ -233,12 +268,15 @@ def _torch_load(path: str):
     raise _unreadable(path, "PyTorch checkpoint (a zip archive written by torch.save)")
   name = found.group(1)
   if name in {f"{c.__module__}.{c.__qualname__}" for c in SAFE_CLASSES}:
-    raise ValueError(f"{path} holds {name}, which PyTorch {torch.__version__} cannot allow "
-                     "when reading weights only: install torch>=2.4")
+    raise ValueError(
+        f"{path} holds {name}, which PyTorch {torch.__version__} cannot allow "
+        "when reading weights only: install torch>=2.4"
+    )
   raise ValueError(
       f"{path} holds a pickled {name}, which mirl_jax refuses to unpickle: it reads "
       "weights only (tensors, numbers, strings, plain containers, argparse.Namespace); "
-      "save the state_dict alone, e.g. torch.save(net.state_dict(), 'weights.pth')")
+      "save the state_dict alone, e.g. torch.save(net.state_dict(), 'weights.pth')"
+  )
 
 
 def _npz_load(path: str) -> dict[str, np.ndarray]:
@@ -247,7 +285,7 @@ def _npz_load(path: str) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
       prefixed = [k for k in data.files if k.startswith("state_dict/")]
       if prefixed:
-        return {k[len("state_dict/"):]: data[k] for k in prefixed}
+        return {k[len("state_dict/") :]: data[k] for k in prefixed}
       return {k: data[k] for k in data.files}
   except Exception:  # numpy, zipfile and zlib raise many kinds
     pass
@@ -273,11 +311,14 @@ def load_state_dict(path: str) -> dict[str, Any]:
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
       obj = obj["state_dict"]  # Lightning checkpoint
     if not isinstance(obj, Mapping):
-      raise ValueError(f"{path} holds a {type(obj).__name__}, expected a state_dict "
-                       "(a mapping of names to tensors) or a Lightning checkpoint")
+      raise ValueError(
+          f"{path} holds a {type(obj).__name__}, expected a state_dict "
+          "(a mapping of names to tensors) or a Lightning checkpoint"
+      )
     return dict(obj)
-  raise ValueError(f"Unknown checkpoint format {ext!r} for {path}: "
-                   "expected .ckpt, .pth, .pt or .npz")
+  raise ValueError(
+      f"Unknown checkpoint format {ext!r} for {path}: expected .ckpt, .pth, .pt or .npz"
+  )
 
 
 def _read(path: str, model: models.PromptIR):
@@ -290,8 +331,7 @@ def _read(path: str, model: models.PromptIR):
     raise ValueError(str(e) if path in str(e) else f"{path}: {e}") from None
 
 
-def import_checkpoint(path: str, workdir: str, model: models.PromptIR,
-                      init_path: str = "") -> dict:
+def import_checkpoint(path: str, workdir: str, model: models.PromptIR, init_path: str = "") -> dict:
   """Converts `path` into ticket 0 and `init_path` into theta_0 of an empty workdir.
 
   Either may be empty. theta_0 (the reference's `initial_state_dict.pth`) is
@@ -299,27 +339,34 @@ def import_checkpoint(path: str, workdir: str, model: models.PromptIR,
   Returns the counts of the ticket (of theta_0 when no ticket is imported).
   """
   from mirl_jax import checkpointing  # pylint: disable=import-outside-toplevel
+
   existing = checkpointing.ticket_indices(workdir)
   if existing or checkpointing.ticket_indices(workdir, checkpointing.THETA_0):
     held = f"tickets {existing}" if existing else "an imported theta_0"
-    raise ValueError(f"{workdir} already holds {held}; import into an "
-                     "empty workdir so that nothing saved is overwritten")
+    raise ValueError(
+        f"{workdir} already holds {held}; import into an "
+        "empty workdir so that nothing saved is overwritten"
+    )
   ticket = _read(path, model) if path else None
   theta_0 = _read(init_path, model) if init_path else None
   if theta_0 is not None:
     params, masks, unused = theta_0
     dead = masks_lib.count(params, masks)
     if dead["alive"] != dead["prunable"]:
-      raise ValueError(f"{init_path} has {dead['prunable'] - dead['alive']:,} zero weights: "
-                       "expected initial weights (theta_0, dense), not a pruned ticket")
-    checkpointing.save_theta_0(workdir, params, unused, dict(
-        imported_from=os.path.abspath(init_path)))
+      raise ValueError(
+          f"{init_path} has {dead['prunable'] - dead['alive']:,} zero weights: "
+          "expected initial weights (theta_0, dense), not a pruned ticket"
+      )
+    checkpointing.save_theta_0(
+        workdir, params, unused, dict(imported_from=os.path.abspath(init_path))
+    )
   if ticket is None:
     return masks_lib.count(theta_0[0], theta_0[1])
   params, masks, unused = ticket
   counts = masks_lib.count(params, masks)
   if unused is not None:
     checkpointing.save_unused(workdir, 0, unused, masks_lib.masks_from_params(unused))
-  checkpointing.save_ticket(workdir, 0, params, masks, meta=dict(
-      imported_from=os.path.abspath(path), **counts))
+  checkpointing.save_ticket(
+      workdir, 0, params, masks, meta=dict(imported_from=os.path.abspath(path), **counts)
+  )
   return counts

@@ -22,16 +22,16 @@ from skimage import draw
 
 from mirl_jax import datasets, images
 
-DEMO_VERSION = '2'  # Bump when the generated images change.
-DEMO_TRAIN_SETS = ('denoise/DemoClean', 'derain/DemoRain', 'dehaze/DemoHaze')
-DEMO_TEST_SETS = ('denoise/DemoClean', 'derain/DemoRain', 'dehaze/DemoHaze')
+DEMO_VERSION = "2"  # Bump when the generated images change.
+DEMO_TRAIN_SETS = ("denoise/DemoClean", "derain/DemoRain", "dehaze/DemoHaze")
+DEMO_TEST_SETS = ("denoise/DemoClean", "derain/DemoRain", "dehaze/DemoHaze")
 # Colour photographs shipped inside the scikit-image wheel (no download), split by source.
-TRAIN_SOURCES = ('astronaut.png', 'coffee.png', 'rocket.jpg', 'ihc.png', 'hubble_deep_field.jpg')
-TEST_SOURCES = ('chelsea.png', 'motorcycle_left.png')
-VARIANTS = {'train': 2, 'test': 1}  # Degraded variants (different seeds/crops) per source.
+TRAIN_SOURCES = ("astronaut.png", "coffee.png", "rocket.jpg", "ihc.png", "hubble_deep_field.jpg")
+TEST_SOURCES = ("chelsea.png", "motorcycle_left.png")
+VARIANTS = {"train": 2, "test": 1}  # Degraded variants (different seeds/crops) per source.
 LONG_SIDE = 256
-SPLITS_INDEX = {'train': 0, 'test': 1}
-_MARKER = 'MIRL_DEMO_VERSION'
+SPLITS_INDEX = {"train": 0, "test": 1}
+_MARKER = "MIRL_DEMO_VERSION"
 
 
 def _bundled(name: str) -> Path:
@@ -86,7 +86,7 @@ def smooth_depth(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
 
 def disparity_depth() -> np.ndarray:
   """Depth in [0, 1] of motorcycle_left from its bundled disparity (unknown = farthest)."""
-  disparity = np.load(_bundled('motorcycle_disp.npz'))['arr_0'].astype(np.float64)
+  disparity = np.load(_bundled("motorcycle_disp.npz"))["arr_0"].astype(np.float64)
   valid = np.isfinite(disparity) & (disparity > 0)
   depth = np.where(valid, 1.0 / np.where(valid, disparity, 1.0), np.nan)
   depth = np.where(valid, depth, np.nanmax(depth))
@@ -105,29 +105,29 @@ def add_haze(clean: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> 
 def write_tree(manual_dir: str | os.PathLike, seed: int = 0) -> None:
   """Writes the demo images under manual_dir in the layout of datasets.EXPECTED_TREE."""
   root = Path(manual_dir)
-  for split, sources in (('train', TRAIN_SOURCES), ('test', TEST_SOURCES)):
+  for split, sources in (("train", TRAIN_SOURCES), ("test", TEST_SOURCES)):
     for source_index, source in enumerate(sources):
       photo = images.read_rgb(_bundled(source))
-      depth = disparity_depth() if source == 'motorcycle_left.png' else None
+      depth = disparity_depth() if source == "motorcycle_left.png" else None
       for variant in range(VARIANTS[split]):
         rng = np.random.default_rng([seed, SPLITS_INDEX[split], source_index, variant])
-        rows, cols = _random_crop(photo, rng) if split == 'train' else (slice(None),) * 2
+        rows, cols = _random_crop(photo, rng) if split == "train" else (slice(None),) * 2
         clean = _resize(photo[rows, cols])
-        name = f'{Path(source).stem}_{variant}'
-        images.write_png(root / split / 'denoise' / 'DemoClean' / f'{name}.png', clean)
-        rain_dir = root / split / 'derain' / 'DemoRain'
-        images.write_png(rain_dir / 'target' / f'{name}_gt.png', clean)
-        images.write_png(rain_dir / 'input' / f'{name}_rainy.png', add_rain(clean, rng))
+        name = f"{Path(source).stem}_{variant}"
+        images.write_png(root / split / "denoise" / "DemoClean" / f"{name}.png", clean)
+        rain_dir = root / split / "derain" / "DemoRain"
+        images.write_png(rain_dir / "target" / f"{name}_gt.png", clean)
+        images.write_png(rain_dir / "input" / f"{name}_rainy.png", add_rain(clean, rng))
         if depth is None:
           scene_depth = smooth_depth(clean.shape[:2], rng)
         else:
-          resized = Image.fromarray(depth[rows, cols]).resize(clean.shape[1::-1],
-                                                              Image.Resampling.BILINEAR)
+          resized = Image.fromarray(depth[rows, cols]).resize(
+              clean.shape[1::-1], Image.Resampling.BILINEAR
+          )
           scene_depth = np.asarray(resized)
-        haze_dir = root / split / 'dehaze' / 'DemoHaze'
-        images.write_png(haze_dir / 'target' / f'{name}_gt.png', clean)
-        images.write_png(haze_dir / 'input' / f'{name}_hazy.png',
-                         add_haze(clean, scene_depth, rng))
+        haze_dir = root / split / "dehaze" / "DemoHaze"
+        images.write_png(haze_dir / "target" / f"{name}_gt.png", clean)
+        images.write_png(haze_dir / "input" / f"{name}_hazy.png", add_haze(clean, scene_depth, rng))
 
 
 def _marker_matches(folder: Path) -> bool:
@@ -142,7 +142,7 @@ def build_demo(manual_dir: str | os.PathLike, data_dir: str | os.PathLike) -> No
   """
   manual_dir, data_dir = Path(manual_dir), Path(data_dir)
   if not _marker_matches(manual_dir):
-    for split in ('train', 'test'):
+    for split in ("train", "test"):
       shutil.rmtree(manual_dir / split, ignore_errors=True)
     write_tree(manual_dir)
     (manual_dir / _MARKER).write_text(DEMO_VERSION)
@@ -155,4 +155,4 @@ def build_demo(manual_dir: str | os.PathLike, data_dir: str | os.PathLike) -> No
 
 
 def demo_sets() -> list[tuple[str, str]]:
-  return [('train', spec) for spec in DEMO_TRAIN_SETS] + [('test', spec) for spec in DEMO_TEST_SETS]
+  return [("train", spec) for spec in DEMO_TRAIN_SETS] + [("test", spec) for spec in DEMO_TEST_SETS]

@@ -25,15 +25,18 @@ def check_output(path: str, fmt: str, overwrite: bool) -> None:
   """Refuses, before anything is read, an output that cannot or may not be written."""
   folder = os.path.dirname(os.path.abspath(path))
   if not path.lower().endswith(FORMATS[fmt]):
-    raise ValueError(f"export.output={path}: expected a name ending in "
-                     f"{' or '.join(FORMATS[fmt])} for export.format={fmt!r}")
+    raise ValueError(
+        f"export.output={path}: expected a name ending in "
+        f"{' or '.join(FORMATS[fmt])} for export.format={fmt!r}"
+    )
   if os.path.isdir(path):
     raise ValueError(f"export.output={path} is a folder: expected a file name")
   if not os.path.isdir(folder):
     raise ValueError(f"export.output={path}: its folder {folder} does not exist")
   if os.path.exists(path) and not overwrite:
-    raise ValueError(f"export.output={path} exists: choose another file or set "
-                     "--config.export.overwrite=True")
+    raise ValueError(
+        f"export.output={path} exists: choose another file or set --config.export.overwrite=True"
+    )
 
 
 def unused_convs(workdir: str, index: int, model, meta: dict, seed: int) -> dict:
@@ -44,8 +47,11 @@ def unused_convs(workdir: str, index: int, model, meta: dict, seed: int) -> dict
   theta_0 = checkpointing.restore_theta_0(workdir, model)
   if theta_0 is not None and theta_0[1] is not None:
     return theta_0[1]
-  key = (jax.random.wrap_key_data(np.asarray(meta["init_key"], np.uint32))
-         if "init_key" in meta else jax.random.key(seed))
+  key = (
+      jax.random.wrap_key_data(np.asarray(meta["init_key"], np.uint32))
+      if "init_key" in meta
+      else jax.random.key(seed)
+  )
   return convert.unused_init(model, key)
 
 
@@ -60,12 +66,15 @@ def _write_torch(tensors: dict[str, np.ndarray], path: str, lightning: bool) -> 
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise ValueError("export.format='torch' needs PyTorch: pip install 'mirl_jax[torch]'"
-                     ) from None
+    raise ValueError("export.format='torch' needs PyTorch: pip install 'mirl_jax[torch]'") from None
   sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
   if lightning:  # what Trainer.save_checkpoint writes, the weights part of it
-    obj = {"state_dict": {convert.LIGHTNING_PREFIX + k: v for k, v in sd.items()},
-           "pytorch-lightning_version": _lightning_version(), "epoch": 0, "global_step": 0}
+    obj = {
+        "state_dict": {convert.LIGHTNING_PREFIX + k: v for k, v in sd.items()},
+        "pytorch-lightning_version": _lightning_version(),
+        "epoch": 0,
+        "global_step": 0,
+    }
   else:
     obj = sd
   torch.save(obj, path)
@@ -74,6 +83,7 @@ def _write_torch(tensors: dict[str, np.ndarray], path: str, lightning: bool) -> 
 def _lightning_version() -> str:
   try:
     import lightning  # pylint: disable=import-outside-toplevel
+
     return lightning.__version__
   except ImportError:
     return "2.0.0"
@@ -106,6 +116,10 @@ def export_ticket(config, workdir: str) -> int:
   index = None if cfg.ticket < 0 else cfg.ticket
   params, _, meta = checkpointing.restore_ticket(workdir, index, model=model)
   index = max(checkpointing.ticket_indices(workdir)) if index is None else index
-  write(state_dict(params, unused_convs(workdir, index, model, meta, config.seed)), cfg.output,
-        cfg.format, cfg.lightning)
+  write(
+      state_dict(params, unused_convs(workdir, index, model, meta, config.seed)),
+      cfg.output,
+      cfg.format,
+      cfg.lightning,
+  )
   return index

@@ -36,9 +36,9 @@ import numpy as np
 import png  # pypng: Pillow cannot read or write 16-bit colour PNGs
 from PIL import Image, ImageOps, JpegImagePlugin
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
-_HIGH_DEPTH_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ORIENTATION = 0x0112  # EXIF tag.
 
 
@@ -53,12 +53,12 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     wide = np.asarray(image).astype(np.float64)
     gray = np.clip(np.rint(wide * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=-1)
-  if image.mode == 'F':
+  if image.mode == "F":
     # Float images are taken to be in [0, 1].
     gray = np.clip(np.rint(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=-1)
-  if image.mode != 'RGB':
-    image = image.convert('RGB')  # L, LA, P, PA, RGBA, CMYK, YCbCr, 1 ...
+  if image.mode != "RGB":
+    image = image.convert("RGB")  # L, LA, P, PA, RGBA, CMYK, YCbCr, 1 ...
   return np.asarray(image, dtype=np.uint8)
 
 
@@ -67,8 +67,11 @@ def _decode(path: Path, data: bytes) -> tuple[np.ndarray, bool]:
   try:
     with Image.open(io.BytesIO(data)) as image:
       image.load()  # Decodes now, so truncated files fail here rather than later.
-      plain = (image.format == 'JPEG' and image.mode == 'RGB'
-               and image.getexif().get(_ORIENTATION, 1) == 1)
+      plain = (
+          image.format == "JPEG"
+          and image.mode == "RGB"
+          and image.getexif().get(_ORIENTATION, 1) == 1
+      )
       return _to_rgb(ImageOps.exif_transpose(image)), plain
   except _DECODE_ERRORS as error:
     raise _read_error(path, error) from error
@@ -79,13 +82,14 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError
 
 def _read_error(path: Path, error: Exception) -> ImageReadError:
   return ImageReadError(
-      f'{path}: cannot read as an image (expected a complete image file in one of '
-      f'{", ".join(IMAGE_EXTENSIONS)} or another format Pillow reads): {error}')
+      f"{path}: cannot read as an image (expected a complete image file in one of "
+      f'{", ".join(IMAGE_EXTENSIONS)} or another format Pillow reads): {error}'
+  )
 
 
 def _read_bytes(path: Path) -> bytes:
   if not path.is_file():
-    raise ImageReadError(f'{path}: no such image file (expected a readable image file).')
+    raise ImageReadError(f"{path}: no such image file (expected a readable image file).")
   return path.read_bytes()
 
 
@@ -115,18 +119,20 @@ def _as_uint8(array: np.ndarray) -> np.ndarray:
   if array.ndim == 3 and array.shape[-1] == 1:
     array = array[..., 0]
   if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-    raise ValueError(f'expected an image of shape (H, W), (H, W, 3) or (H, W, 4), got {array.shape}')
+    raise ValueError(
+        f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4), got {array.shape}"
+    )
   if array.dtype == np.uint8:
     return array
   if np.issubdtype(array.dtype, np.floating):
     return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
-  raise ValueError(f'expected a uint8 or float [0, 1] image, got dtype {array.dtype}')
+  raise ValueError(f"expected a uint8 or float [0, 1] image, got dtype {array.dtype}")
 
 
 def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
   """PNG bytes of a uint8 or float-[0, 1] image; level 1 because build speed beats file size."""
   buffer = io.BytesIO()
-  Image.fromarray(_as_uint8(array)).save(buffer, format='PNG', compress_level=compress_level)
+  Image.fromarray(_as_uint8(array)).save(buffer, format="PNG", compress_level=compress_level)
   return buffer.getvalue()
 
 
@@ -134,12 +140,12 @@ def encode_ppm(array: np.ndarray) -> bytes:
   """Uncompressed binary PPM (P6) bytes of an RGB uint8 image: fastest for Pillow to decode."""
   array = _as_uint8(array)
   if array.ndim != 3 or array.shape[-1] != 3:
-    raise ValueError(f'expected an RGB image of shape (H, W, 3), got {array.shape}')
+    raise ValueError(f"expected an RGB image of shape (H, W, 3), got {array.shape}")
   h, w = array.shape[:2]
-  return b'P6\n%d %d\n255\n' % (w, h) + np.ascontiguousarray(array).tobytes()
+  return b"P6\n%d %d\n255\n" % (w, h) + np.ascontiguousarray(array).tobytes()
 
 
-_PPM_HEADER = re.compile(rb'P6\s+(\d+)\s+(\d+)\s+255\s')
+_PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+255\s")
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
@@ -169,9 +175,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   # The temporary name does not end in an image extension, so listings never pick it up.
-  handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
-    with os.fdopen(handle, 'wb') as file:
+    with os.fdopen(handle, "wb") as file:
       file.write(data)
     os.chmod(temp_name, 0o666 & ~_UMASK)  # mkstemp makes it private; outputs are not
     os.replace(temp_name, path)
@@ -188,28 +194,37 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
   """Image files directly inside `folder` (by extension, case-insensitive), sorted by name."""
   folder = Path(folder)
   if not folder.is_dir():
-    raise FileNotFoundError(f'{folder}: expected a folder of images, found none.')
+    raise FileNotFoundError(f"{folder}: expected a folder of images, found none.")
   return sorted(
-      p for p in folder.iterdir()
-      if p.is_file() and not p.name.startswith('.') and p.suffix.lower() in IMAGE_EXTENSIONS
+      p
+      for p in folder.iterdir()
+      if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
   )
 
 
-# ------------------------------------------------------------------ a user's file, kept in kind
+# ----------------------------------------------------------------------------
+# A user's file, kept in kind.
 
-OUTPUT_FORMATS = ('same', 'png', 'jpg')
-EXTENSIONS = {'PNG': '.png', 'JPEG': '.jpg', 'WEBP': '.webp'}
-_ALPHA_MODES = ('RGBA', 'LA', 'PA', 'RGBa', 'La')
+OUTPUT_FORMATS = ("same", "png", "jpg")
+EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 QUALITY = 95  # JPEG and lossy WebP outputs: close to the input, not four times its size
 
 # EXIF orientation -> the array operation that turns the stored image upright (as exif_transpose).
-_UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-            5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
-            7: lambda a: np.rot90(a, -1)[::-1], 8: lambda a: np.rot90(a, 1)}
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, -1)[::-1],
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 class Picture(NamedTuple):
   """An image as the network sees it, plus what it takes to write the result back in kind."""
+
   rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]; grey repeated in three channels
   alpha: np.ndarray | None  # (H, W) in the file's own dtype (uint8 or uint16), or None
   grey: bool
@@ -221,33 +236,32 @@ class Picture(NamedTuple):
 
 def _is_png16(data: bytes) -> bool:
   """A PNG whose IHDR says 16 bits per sample."""
-  return data[:8] == b'\x89PNG\r\n\x1a\n' and data[12:16] == b'IHDR' and data[24] == 16
+  return data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data[24] == 16
 
 
 def _read_png16(data: bytes) -> tuple[np.ndarray, np.ndarray | None, bool]:
   """Values ((H, W) grey or (H, W, 3)), alpha and greyness of a 16-bit PNG, as uint16."""
   width, height, rows, info = png.Reader(bytes=data).read()
-  planes, has_alpha = info['planes'], info['alpha']
-  pixels = np.vstack([np.frombuffer(row, np.uint16) for row in rows]).reshape(height, width,
-                                                                               planes)
-  values = pixels[..., :planes - has_alpha]
+  planes, has_alpha = info["planes"], info["alpha"]
+  pixels = np.vstack([np.frombuffer(row, np.uint16) for row in rows]).reshape(height, width, planes)
+  values = pixels[..., : planes - has_alpha]
   alpha = pixels[..., -1] if has_alpha else None
-  if 'transparent' in info:  # a tRNS colour: those pixels are transparent, the others opaque
-    clear = np.all(values == np.array(info['transparent'], np.uint16), axis=-1)
+  if "transparent" in info:  # a tRNS colour: those pixels are transparent, the others opaque
+    clear = np.all(values == np.array(info["transparent"], np.uint16), axis=-1)
     alpha = np.where(clear, 0, 65535).astype(np.uint16)
-  return (values[..., 0] if info['greyscale'] else values), alpha, info['greyscale']
+  return (values[..., 0] if info["greyscale"] else values), alpha, info["greyscale"]
 
 
 def _split(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
   """Values, alpha, greyness and bits of a loaded Pillow image (not a 16-bit PNG)."""
   if image.mode in _HIGH_DEPTH_MODES:  # 16-bit grey TIFF, or 32-bit integers
     return np.clip(np.asarray(image), 0, 65535).astype(np.uint16), None, True, 16
-  if image.mode == 'F':  # floats are taken to be in [0, 1]
+  if image.mode == "F":  # floats are taken to be in [0, 1]
     wide = np.clip(np.rint(np.asarray(image) * 65535.0), 0, 65535)
     return wide.astype(np.uint16), None, True, 16
-  has_alpha = image.mode in _ALPHA_MODES or 'transparency' in image.info
-  grey = image.mode in ('1', 'L', 'LA', 'La')
-  mode = ('LA' if has_alpha else 'L') if grey else ('RGBA' if has_alpha else 'RGB')
+  has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
+  grey = image.mode in ("1", "L", "LA", "La")
+  mode = ("LA" if has_alpha else "L") if grey else ("RGBA" if has_alpha else "RGB")
   pixels = np.asarray(image if image.mode == mode else image.convert(mode))
   if not has_alpha:
     return pixels, None, grey, 8
@@ -259,9 +273,9 @@ def _webp_lossless(data: bytes) -> bool:
   """Whether a WebP file holds a lossless (VP8L) image rather than a lossy (VP8) one."""
   at = 12
   while at + 8 <= len(data):
-    if data[at:at + 4] == b'VP8L':
+    if data[at : at + 4] == b"VP8L":
       return True
-    size = int.from_bytes(data[at + 4:at + 8], 'little')
+    size = int.from_bytes(data[at + 4 : at + 8], "little")
     at += 8 + size + size % 2  # chunks are padded to an even length
   return False
 
@@ -275,8 +289,8 @@ def read_picture(path: str | os.PathLike) -> Picture:
       image.load()  # Decodes now, so truncated files fail here rather than later.
       orientation = image.getexif().get(_ORIENTATION, 1)
       # Many phones' JPEGs carry a multi-picture index; Pillow names them MPO.
-      source_format = 'JPEG' if image.format == 'MPO' else image.format or ''
-      subsampling = JpegImagePlugin.get_sampling(image) if source_format == 'JPEG' else -1
+      source_format = "JPEG" if image.format == "MPO" else image.format or ""
+      subsampling = JpegImagePlugin.get_sampling(image) if source_format == "JPEG" else -1
       if _is_png16(data):
         values, alpha, grey = _read_png16(data)
         bits = 16
@@ -287,32 +301,38 @@ def read_picture(path: str | os.PathLike) -> Picture:
   upright = _UPRIGHT.get(orientation, lambda a: a)
   values = upright(values).astype(np.float32) / np.float32(65535 if bits == 16 else 255)
   rgb = np.repeat(values[..., None], 3, axis=-1) if grey else values
-  return Picture(np.ascontiguousarray(rgb), None if alpha is None else upright(alpha).copy(),
-                 grey, bits, source_format, source_format == 'WEBP' and _webp_lossless(data),
-                 subsampling)
+  return Picture(
+      np.ascontiguousarray(rgb),
+      None if alpha is None else upright(alpha).copy(),
+      grey,
+      bits,
+      source_format,
+      source_format == "WEBP" and _webp_lossless(data),
+      subsampling,
+  )
 
 
-def output_format(source_format: str, fmt: str = 'same') -> str:
+def output_format(source_format: str, fmt: str = "same") -> str:
   """'PNG', 'JPEG' or 'WEBP' for a source format and a choice in OUTPUT_FORMATS."""
   if fmt not in OUTPUT_FORMATS:
     raise ValueError(f'output format {fmt!r} unknown (expected one of {", ".join(OUTPUT_FORMATS)})')
-  if fmt != 'same':
-    return {'png': 'PNG', 'jpg': 'JPEG'}[fmt]
-  return source_format if source_format in ('JPEG', 'WEBP') else 'PNG'
+  if fmt != "same":
+    return {"png": "PNG", "jpg": "JPEG"}[fmt]
+  return source_format if source_format in ("JPEG", "WEBP") else "PNG"
 
 
 def unfit(picture: Picture, out_format: str) -> str:
   """What of `picture` the format cannot hold ('' if nothing), so callers can refuse early."""
-  if out_format == 'JPEG' and picture.alpha is not None:
-    return 'an alpha channel'
-  if out_format in ('JPEG', 'WEBP') and picture.bits == 16:
-    return '16 bits per channel'
-  return ''
+  if out_format == "JPEG" and picture.alpha is not None:
+    return "an alpha channel"
+  if out_format in ("JPEG", "WEBP") and picture.bits == 16:
+    return "16 bits per channel"
+  return ""
 
 
 def _encode_png16(pixels: np.ndarray, grey: bool, alpha: bool) -> bytes:
   height, width = pixels.shape[:2]
-  rows = np.ascontiguousarray(pixels.astype('>u2')).reshape(height, -1).view(np.uint8)
+  rows = np.ascontiguousarray(pixels.astype(">u2")).reshape(height, -1).view(np.uint8)
   buffer = io.BytesIO()
   png.Writer(width, height, greyscale=grey, alpha=alpha, bitdepth=16).write_packed(buffer, rows)
   return buffer.getvalue()
@@ -325,10 +345,10 @@ def encode_picture(rgb: np.ndarray, like: Picture, out_format: str) -> bytes:
   """
   reason = unfit(like, out_format)
   if reason:
-    raise ValueError(f'{out_format} cannot hold {reason}')
+    raise ValueError(f"{out_format} cannot hold {reason}")
   rgb = np.asarray(rgb, np.float32)
   if rgb.shape != like.rgb.shape:
-    raise ValueError(f'expected restored pixels of shape {like.rgb.shape}, got {rgb.shape}')
+    raise ValueError(f"expected restored pixels of shape {like.rgb.shape}, got {rgb.shape}")
   top = 65535 if like.bits == 16 else 255
   values = np.clip(np.rint((rgb.mean(axis=-1) if like.grey else rgb) * top), 0, top)
   pixels = values.astype(np.uint16 if like.bits == 16 else np.uint8)
@@ -336,11 +356,14 @@ def encode_picture(rgb: np.ndarray, like: Picture, out_format: str) -> bytes:
     pixels = np.concatenate([pixels.reshape(*pixels.shape[:2], -1), like.alpha[..., None]], -1)
   if like.bits == 16:
     return _encode_png16(pixels, like.grey, like.alpha is not None)
-  options = {'PNG': {}, 'JPEG': {'quality': QUALITY, 'optimize': True},
-             'WEBP': {'lossless': True, 'exact': True} if like.lossless else {'quality': QUALITY}}
+  options = {
+      "PNG": {},
+      "JPEG": {"quality": QUALITY, "optimize": True},
+      "WEBP": {"lossless": True, "exact": True} if like.lossless else {"quality": QUALITY},
+  }
   options = options[out_format]
-  if out_format == 'JPEG' and like.subsampling >= 0:
-    options['subsampling'] = like.subsampling
+  if out_format == "JPEG" and like.subsampling >= 0:
+    options["subsampling"] = like.subsampling
   buffer = io.BytesIO()
   Image.fromarray(pixels).save(buffer, format=out_format, **options)
   return buffer.getvalue()

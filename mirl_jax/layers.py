@@ -55,6 +55,7 @@ pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 class Pointwise(nn.Module):
   """A bias-free 1x1 convolution as a matmul over the channel axis."""
+
   features: int
   dtype: Any = jnp.float32
   precision: Any = "highest"
@@ -80,7 +81,7 @@ def _shifted_sum(padded: jax.Array, kernel: jax.Array, h: int, w: int) -> jax.Ar
   for i in range(3):
     for j in range(3):
       if i or j:
-        out = out + padded[:, i:i + h, j:j + w] * kernel[i, j]
+        out = out + padded[:, i : i + h, j : j + w] * kernel[i, j]
   return out
 
 
@@ -105,9 +106,13 @@ def _depthwise_bwd(residuals, g):
   h, w = x.shape[1:3]
   dx = _shifted_sum(_pad(g), kernel[::-1, ::-1], h, w)
   padded = _pad(x)
-  dk = jnp.stack([
-      jnp.sum(padded[:, i:i + h, j:j + w] * g, axis=(0, 1, 2), dtype=jnp.float32)
-      for i in range(3) for j in range(3)]).reshape(kernel.shape)
+  dk = jnp.stack(
+      [
+          jnp.sum(padded[:, i : i + h, j : j + w] * g, axis=(0, 1, 2), dtype=jnp.float32)
+          for i in range(3)
+          for j in range(3)
+      ]
+  ).reshape(kernel.shape)
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
@@ -116,6 +121,7 @@ depthwise3x3.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 class Depthwise3x3(nn.Module):
   """3x3 depthwise convolution, kernel (3, 3, 1, C) as a grouped nn.Conv would hold it."""
+
   features: int
   dtype: Any = jnp.float32
 

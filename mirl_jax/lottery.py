@@ -29,18 +29,23 @@ def _prunable_leaves(params: Any, masks: Any):
   flat_p = jax.tree_util.tree_flatten_with_path(params)[0]
   flat_m, _ = jax.tree_util.tree_flatten(masks, is_leaf=lambda x: x is None)
   if len(flat_p) != len(flat_m):
-    raise ValueError(f"params have {len(flat_p)} leaves but masks have {len(flat_m)}: "
-                     "masks must be a tree parallel to params (None for non-prunable)")
+    raise ValueError(
+        f"params have {len(flat_p)} leaves but masks have {len(flat_m)}: "
+        "masks must be a tree parallel to params (None for non-prunable)"
+    )
   out = []
   for (path, p), m in zip(flat_p, flat_m):
     if masks_lib.is_prunable(path) != (m is not None):
-      raise ValueError(f"mask of {masks_lib.path_name(path)} is "
-                       f"{'None' if m is None else 'an array'}; expected the opposite")
+      raise ValueError(
+          f"mask of {masks_lib.path_name(path)} is "
+          f"{'None' if m is None else 'an array'}; expected the opposite"
+      )
     if m is not None:
       w, m = np.asarray(p, np.float32), np.asarray(m, bool)
       if w.shape != m.shape:
-        raise ValueError(f"mask of {masks_lib.path_name(path)} has shape {m.shape}, "
-                         f"expected {w.shape}")
+        raise ValueError(
+            f"mask of {masks_lib.path_name(path)} has shape {m.shape}, expected {w.shape}"
+        )
       out.append((path, w, m))
   return out
 
@@ -52,8 +57,7 @@ def _alive_magnitudes(w: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 def global_threshold(params: Any, masks: Any, percent: float) -> np.float32:
   """The `percent`-th percentile of |w| over all alive prunable weights together."""
-  alive = np.concatenate([_alive_magnitudes(w, m) for _, w, m in
-                          _prunable_leaves(params, masks)])
+  alive = np.concatenate([_alive_magnitudes(w, m) for _, w, m in _prunable_leaves(params, masks)])
   if alive.size == 0:
     raise ValueError("no alive prunable weights left to prune")
   return np.percentile(alive, percent)
@@ -79,25 +83,28 @@ def prune(params: Any, masks: Any, percent: float, scope: str = "global") -> Any
       if alive.size == 0:
         new[path] = m
         continue
-      rate = percent / 2.0 if masks_lib.path_name(path).split("/")[0] == HALF_RATE_MODULE \
-          else percent
+      rate = (
+          percent / 2.0 if masks_lib.path_name(path).split("/")[0] == HALF_RATE_MODULE else percent
+      )
       threshold = np.percentile(alive, rate)
     new[path] = m & ~(np.abs(w) < threshold)
   return jax.tree_util.tree_map_with_path(
-      lambda path, m: None if m is None else new[path], masks,
-      is_leaf=lambda x: x is None)
+      lambda path, m: None if m is None else new[path], masks, is_leaf=lambda x: x is None
+  )
 
 
-def prune_reference_pool(params: Any, masks: Any, unused: Any, unused_masks: Any,
-                         percent: float) -> tuple[Any, Any]:
+def prune_reference_pool(
+    params: Any, masks: Any, unused: Any, unused_masks: Any, percent: float
+) -> tuple[Any, Any]:
   """The global rule over the official code's pool: new (masks, unused_masks).
 
   The reference thresholds every tensor named "weight", the six convs that its
   forward never uses included (convert.unused_shapes). They never train, so
   they enter at their theta_0 values (`unused`) and only their masks change.
   """
-  new = prune({"net": params, "unused": unused}, {"net": masks, "unused": unused_masks},
-              percent, "global")
+  new = prune(
+      {"net": params, "unused": unused}, {"net": masks, "unused": unused_masks}, percent, "global"
+  )
   return new["net"], new["unused"]
 
 
@@ -112,8 +119,9 @@ def random_masks(like, alive: int, rng: np.random.Generator):
   flat = np.zeros(sum(sizes), bool)
   flat[rng.choice(flat.size, alive, replace=False)] = True
   parts = np.split(flat, np.cumsum(sizes)[:-1])
-  return treedef.unflatten([None if m is None else part.reshape(np.shape(m))
-                            for m, part in zip(leaves, parts)])
+  return treedef.unflatten(
+      [None if m is None else part.reshape(np.shape(m)) for m, part in zip(leaves, parts)]
+  )
 
 
 def one_shot_masks(trained, alive: int):
@@ -137,8 +145,10 @@ def one_shot_masks(trained, alive: int):
 # ----------------------------------------------------------------------------
 # Rewinding.
 
-def rewind_target(mode: str, *, model=None, key: jax.Array | None = None,
-                  late_params: Any = None) -> Any:
+
+def rewind_target(
+    mode: str, *, model=None, key: jax.Array | None = None, late_params: Any = None
+) -> Any:
   """The params survivors are reset to.
 
   'init': the paper's theta_0, re-created from `key`.
@@ -150,8 +160,9 @@ def rewind_target(mode: str, *, model=None, key: jax.Array | None = None,
     raise ValueError(f"rewind mode={mode!r}: expected one of {REWIND_MODES}")
   if mode == "late":
     if late_params is None:
-      raise ValueError("rewind mode='late' needs late_params: the params saved at "
-                       "step k of round 0")
+      raise ValueError(
+          "rewind mode='late' needs late_params: the params saved at step k of round 0"
+      )
     return late_params
   if model is None or key is None:
     raise ValueError(f"rewind mode={mode!r} needs model and key")
@@ -168,11 +179,11 @@ def rewind(trained: Any, masks: Any, target: Any, keep_trained: bool = False) ->
   does (it resets only "weight" and "bias" tensors). Runs on the host, like
   `prune`, and returns numpy arrays: place them with `train_step.replicate`.
   """
+
   def one(path, t, p, m):
     if keep_trained and masks_lib.path_name(path).rsplit("/", 1)[-1] in TRAINED_KEPT:
       return np.asarray(p)
     t = np.asarray(t)
     return t if m is None else np.where(np.asarray(m), t, np.zeros((), t.dtype))
 
-  return jax.tree_util.tree_map_with_path(
-      one, target, trained, masks, is_leaf=lambda x: x is None)
+  return jax.tree_util.tree_map_with_path(one, target, trained, masks, is_leaf=lambda x: x is None)

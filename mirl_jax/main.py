@@ -25,19 +25,25 @@ from mirl_jax import models
 from mirl_jax import restore
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Where tickets, checkpoints and logs live "
-                    "(every mode but config).")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "restore", "import", "export",
-                                    "prepare", "config"],
-                  "train: run (or resume) IMP; evaluate: a ticket on the test sets; "
-                  "restore: your images; import: a PyTorch checkpoint and its theta_0; "
-                  "export: a ticket as the reference's state dict; prepare: "
-                  "build the datasets the config names; config: print every config "
-                  "key with its value and meaning.")
-flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() from the "
-                  "cluster's environment (TPU pods, SLURM).")
+config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
+flags.DEFINE_string(
+    "workdir", None, "Where tickets, checkpoints and logs live (every mode but config)."
+)
+flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "evaluate", "restore", "import", "export", "prepare", "config"],
+    "train: run (or resume) IMP; evaluate: a ticket on the test sets; "
+    "restore: your images; import: a PyTorch checkpoint and its theta_0; "
+    "export: a ticket as the reference's state dict; prepare: "
+    "build the datasets the config names; config: print every config "
+    "key with its value and meaning.",
+)
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "jax.distributed.initialize() from the cluster's environment (TPU pods, SLURM).",
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
@@ -46,22 +52,28 @@ flags.mark_flags_as_required(["config"])
 
 def run_train(config, workdir: str) -> None:
   from mirl_jax import train  # pylint: disable=import-outside-toplevel
+
   train.train_and_evaluate(config, workdir)
 
 
 def run_evaluate(config, workdir: str) -> None:
   from mirl_jax import evaluate, pipeline  # pylint: disable=import-outside-toplevel
+
   model = models.PromptIR(**config.model)
   index = None if config.eval.ticket < 0 else config.eval.ticket
   params, _, meta = checkpointing.restore_ticket(workdir, index, model=model)
-  index = meta.get("round", index if index is not None else max(
-      checkpointing.ticket_indices(workdir)))
+  index = meta.get(
+      "round", index if index is not None else max(checkpointing.ticket_indices(workdir))
+  )
   data = pipeline.run_data_config(config, workdir)
   pipeline.ensure_demo_data(data)
   out = os.path.join(workdir, "eval")
   results = evaluate.evaluate(
-      restore.make_forward(model, params), data, seed=config.eval.seed,
-      output_dir=os.path.join(out, f"ticket_{index:02d}") if config.eval.save_images else None)
+      restore.make_forward(model, params),
+      data,
+      seed=config.eval.seed,
+      output_dir=os.path.join(out, f"ticket_{index:02d}") if config.eval.save_images else None,
+  )
   print(evaluate.format_table(results))
   if jax.process_index() == 0:
     evaluate.write_reports(results, out, stem=f"ticket_{index:02d}")
@@ -70,6 +82,7 @@ def run_evaluate(config, workdir: str) -> None:
 
 def run_prepare(config, workdir: str) -> None:
   from mirl_jax import datasets, pipeline  # pylint: disable=import-outside-toplevel
+
   data = pipeline.run_data_config(config, workdir)
   if data.demo:
     pipeline.ensure_demo_data(data)
@@ -79,35 +92,45 @@ def run_prepare(config, workdir: str) -> None:
 
 
 def run_import(config, workdir: str) -> None:
-  counts = convert.import_checkpoint(config.import_from, workdir,
-                                     models.PromptIR(**config.model), config.import_init)
+  counts = convert.import_checkpoint(
+      config.import_from, workdir, models.PromptIR(**config.model), config.import_init
+  )
   if config.import_init:
     print(f"Imported theta_0 {config.import_init} into {workdir}: every round rewinds to it")
   if config.import_from:
-    print(f"Imported {config.import_from} into {workdir}: {counts['params']:,} "
-          f"parameters, {counts['nonzero']:,} non-zero; prunable weights alive "
-          f"{counts['alive']:,} of {counts['prunable']:,} "
-          f"({100 * counts['remaining']:.2f}% remaining, "
-          f"{100 * (1 - counts['remaining']):.2f}% pruned)")
+    print(
+        f"Imported {config.import_from} into {workdir}: {counts['params']:,} "
+        f"parameters, {counts['nonzero']:,} non-zero; prunable weights alive "
+        f"{counts['alive']:,} of {counts['prunable']:,} "
+        f"({100 * counts['remaining']:.2f}% remaining, "
+        f"{100 * (1 - counts['remaining']):.2f}% pruned)"
+    )
 
 
 def run_export(config, workdir: str) -> None:
   cfg = config.export
   index = export.export_ticket(config, workdir)
-  print(f"Exported ticket {index} of {workdir} to {cfg.output} ({cfg.format}"
-        f"{', Lightning layout' if cfg.lightning else ''})")
+  print(
+      f"Exported ticket {index} of {workdir} to {cfg.output} ({cfg.format}"
+      f"{', Lightning layout' if cfg.lightning else ''})"
+  )
 
 
 def run_restore(config, workdir: str) -> None:
   cfg = config.restore
   # Every check on inputs and outputs comes before the network is even read.
-  jobs = restore.plan_outputs([p for p in cfg.inputs.split(",") if p], cfg.output_dir,
-                              fmt=cfg.format, overwrite=cfg.overwrite)
+  jobs = restore.plan_outputs(
+      [p for p in cfg.inputs.split(",") if p],
+      cfg.output_dir,
+      fmt=cfg.format,
+      overwrite=cfg.overwrite,
+  )
   model = models.PromptIR(**config.model)
   index = None if cfg.ticket < 0 else cfg.ticket
   params, _, _ = checkpointing.restore_ticket(workdir, index, model=model)
-  written = restore.restore_files(restore.make_forward(model, params), jobs,
-                                  tile=cfg.tile, overlap=cfg.overlap)
+  written = restore.restore_files(
+      restore.make_forward(model, params), jobs, tile=cfg.tile, overlap=cfg.overlap
+  )
   print(f"Restored {len(written)} image(s) into {cfg.output_dir}")
 
 
@@ -116,29 +139,37 @@ def run_config(config, workdir: str) -> None:
   print(config_keys.describe(config, config_flags.get_config_filename(FLAGS["config"])))
 
 
-MODES = {"train": run_train, "evaluate": run_evaluate, "restore": run_restore,
-         "import": run_import, "export": run_export, "prepare": run_prepare,
-         "config": run_config}
+MODES = {
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "restore": run_restore,
+    "import": run_import,
+    "export": run_export,
+    "prepare": run_prepare,
+    "config": run_config,
+}
 
 
 def _checked(mode):
   """The mode, run only once every config value is valid: nothing is written before."""
+
   def run(config, workdir):
     config_keys.validate(config, mode)
     return MODES[mode](config, workdir)
+
   return run
 
 
 def main(argv) -> None:
   if len(argv) > 1:
-    runtime.fail(f"unexpected arguments {argv[1:]}: every setting is a flag "
-                 "(--config.KEY=VALUE)", 2)
+    runtime.fail(
+        f"unexpected arguments {argv[1:]}: every setting is a flag (--config.KEY=VALUE)", 2
+    )
   if FLAGS.mode != "config" and not FLAGS.workdir:
     runtime.fail(f"--mode {FLAGS.mode} needs --workdir=DIR", 2)
   runtime.setup(FLAGS["verbosity"].present)
   if FLAGS.coordinator_address:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                               FLAGS.process_id)
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   elif FLAGS.distributed:
     jax.distributed.initialize()
   runtime.run_cleanly(_checked(FLAGS.mode), FLAGS.config, FLAGS.workdir)

@@ -33,12 +33,13 @@ _CHUNK = 16  # Pairwise-summation fan-in: error grows with 16 * log16(n), not n.
 def _check(x, y, win_size: int = WIN_SIZE) -> tuple[jax.Array, jax.Array]:
   x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
   if x.shape != y.shape:
-    raise ValueError(f'image shapes differ: {x.shape} vs {y.shape}; expected equal shapes.')
+    raise ValueError(f"image shapes differ: {x.shape} vs {y.shape}; expected equal shapes.")
   if x.ndim < 3:
-    raise ValueError(f'image shape {x.shape}: expected (..., H, W, C).')
+    raise ValueError(f"image shape {x.shape}: expected (..., H, W, C).")
   if min(x.shape[-3:-1]) < win_size:
-    raise ValueError(f'image shape {x.shape}: expected H and W of at least {win_size} '
-                     f'(the SSIM window).')
+    raise ValueError(
+        f"image shape {x.shape}: expected H and W of at least {win_size} (the SSIM window)."
+    )
   return x, y
 
 
@@ -56,21 +57,21 @@ def _mean_last3(values: jax.Array) -> jax.Array:
 def _window_sum(x: jax.Array, win_size: int) -> jax.Array:
   """Sums over every win_size x win_size window wholly inside the image: (H-w+1, W-w+1)."""
   h, w = x.shape[-3] - win_size + 1, x.shape[-2] - win_size + 1
-  rows = sum(x[..., i:i + h, :, :] for i in range(win_size))
-  return sum(rows[..., :, j:j + w, :] for j in range(win_size))
+  rows = sum(x[..., i : i + h, :, :] for i in range(win_size))
+  return sum(rows[..., :, j : j + w, :] for j in range(win_size))
 
 
 def psnr(x, y, data_range: float = 1.0) -> jax.Array:
   """Peak signal-to-noise ratio in dB over all pixels and channels; symmetric in x and y."""
   x, y = _check(x, y, 1)
   mse = _mean_last3(jnp.square(x - y))
-  return 10.0 * jnp.log10(data_range ** 2 / mse)
+  return 10.0 * jnp.log10(data_range**2 / mse)
 
 
 def ssim(x, y, data_range: float = 1.0, win_size: int = WIN_SIZE) -> jax.Array:
   """Mean SSIM as skimage's structural_similarity(data_range, channel_axis=-1); symmetric."""
   if win_size % 2 != 1:
-    raise ValueError(f'win_size={win_size}: expected an odd window size.')
+    raise ValueError(f"win_size={win_size}: expected an odd window size.")
   x, y = _check(x, y, win_size)
   n = win_size * win_size
   mean_x, mean_y = _window_sum(x, win_size) / n, _window_sum(y, win_size) / n
@@ -78,13 +79,16 @@ def ssim(x, y, data_range: float = 1.0, win_size: int = WIN_SIZE) -> jax.Array:
   sxx = syy = sxy = 0.0
   for i in range(win_size):  # Two-pass: deviations from each window's own mean.
     for j in range(win_size):
-      dx = x[..., i:i + h, j:j + w, :] - mean_x
-      dy = y[..., i:i + h, j:j + w, :] - mean_y
+      dx = x[..., i : i + h, j : j + w, :] - mean_x
+      dy = y[..., i : i + h, j : j + w, :] - mean_y
       sxx, syy, sxy = sxx + dx * dx, syy + dy * dy, sxy + dx * dy
   var_x, var_y, cov = sxx / (n - 1), syy / (n - 1), sxy / (n - 1)  # Sample covariance.
   c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-  s = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)
-       / ((mean_x * mean_x + mean_y * mean_y + c1) * (var_x + var_y + c2)))
+  s = (
+      (2 * mean_x * mean_y + c1)
+      * (2 * cov + c2)
+      / ((mean_x * mean_x + mean_y * mean_y + c1) * (var_x + var_y + c2))
+  )
   # Every channel has the same number of windows, so this is the mean of the channel means.
   return _mean_last3(s)
 

@@ -24,7 +24,7 @@ REMAT_MODES = ("none", "blocks")
 
 
 def torch_bias_init(fan_in: int):
-  bound = 1.0 / fan_in ** 0.5
+  bound = 1.0 / fan_in**0.5
 
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -32,14 +32,23 @@ def torch_bias_init(fan_in: int):
   return init
 
 
-def conv(features: int, size: int = 1, name=None, dtype: Any = jnp.float32,
-         precision: Any = "highest") -> nn.Module:
+def conv(
+    features: int, size: int = 1, name=None, dtype: Any = jnp.float32, precision: Any = "highest"
+) -> nn.Module:
   """A bias-free conv with PyTorch's padding (size // 2) and init; 1x1 as a matmul."""
   if size == 1:
     return layers.Pointwise(features, dtype=dtype, precision=precision, name=name)
   pad = size // 2
-  return nn.Conv(features, (size, size), padding=((pad, pad), (pad, pad)), use_bias=False,
-                 kernel_init=torch_kernel_init, dtype=dtype, precision=precision, name=name)
+  return nn.Conv(
+      features,
+      (size, size),
+      padding=((pad, pad), (pad, pad)),
+      use_bias=False,
+      kernel_init=torch_kernel_init,
+      dtype=dtype,
+      precision=precision,
+      name=name,
+  )
 
 
 def layer_norm(name=None, dtype: Any = jnp.float32) -> nn.LayerNorm:
@@ -79,21 +88,24 @@ def _norm(x: jax.Array, eps: float) -> jax.Array:
   return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=1), eps * eps))
 
 
-def normalized_gram(q: jax.Array, k: jax.Array, precision: Any = "highest",
-                    eps: float = 1e-12) -> jax.Array:
+def normalized_gram(
+    q: jax.Array, k: jax.Array, precision: Any = "highest", eps: float = 1e-12
+) -> jax.Array:
   """F.normalize(q) @ F.normalize(k)^T over the pixels, per head: (B, heads, C, D), float32.
 
   The same function as normalising q and k first, but the norms divide the small
   C x D product instead of the full (B, N, heads, C) tensors: two passes over
   the largest activations fewer, forward and backward.
   """
-  gram = jnp.einsum("bnhc,bnhd->bhcd", q, k, precision=precision,
-                    preferred_element_type=jnp.float32)
+  gram = jnp.einsum(
+      "bnhc,bnhd->bhcd", q, k, precision=precision, preferred_element_type=jnp.float32
+  )
   return gram / (_norm(q, eps)[..., :, None] * _norm(k, eps)[..., None, :])
 
 
 class Attention(nn.Module):
   """MDTA: attention across channels, so its cost is linear in pixels."""
+
   dim: int
   heads: int
   dtype: Any = jnp.float32
@@ -107,8 +119,7 @@ class Attention(nn.Module):
     qkv = layers.Depthwise3x3(3 * self.dim, dtype=self.dtype, name="qkv_dwconv")(qkv)
     # Heads take contiguous channel groups; keeping pixels first (NHWC)
     # spares XLA two transposes of the largest tensors.
-    q, k, v = (t.reshape(b, h * w, self.heads, c // self.heads)
-               for t in jnp.split(qkv, 3, axis=-1))
+    q, k, v = (t.reshape(b, h * w, self.heads, c // self.heads) for t in jnp.split(qkv, 3, axis=-1))
     attn = normalized_gram(q, k, self.precision) * temperature[:, None, None]
     attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
     out = jnp.einsum("bhcd,bnhd->bnhc", attn, v, precision=self.precision).reshape(b, h, w, c)
@@ -117,6 +128,7 @@ class Attention(nn.Module):
 
 class FeedForward(nn.Module):
   """Gated depthwise-conv FFN with the exact (erf) GELU."""
+
   dim: int
   expansion: float
   dtype: Any = jnp.float32
@@ -135,6 +147,7 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
   """Pre-norm attention and feed-forward; the residual sum stays float32 whatever the
   compute dtype, so that bfloat16 rounding does not pile up along the blocks."""
+
   dim: int
   heads: int
   expansion: float
@@ -152,6 +165,7 @@ class TransformerBlock(nn.Module):
 
 class PromptBlock(nn.Module):
   """Mixes learned prompt components by weights predicted from the feature."""
+
   prompt_dim: int
   length: int
   size: int
@@ -163,12 +177,18 @@ class PromptBlock(nn.Module):
   def __call__(self, x):
     b, h, w, _ = x.shape
     prompt_param = self.param(
-        "prompt_param", nn.initializers.uniform(1.0),
-        (self.length, self.size, self.size, self.prompt_dim))
+        "prompt_param",
+        nn.initializers.uniform(1.0),
+        (self.length, self.size, self.size, self.prompt_dim),
+    )
     emb = x.astype(jnp.float32).mean(axis=(1, 2))
-    weights = nn.Dense(self.length, kernel_init=torch_kernel_init,
-                       bias_init=torch_bias_init(self.lin_dim), precision=self.precision,
-                       name="linear_layer")(emb)
+    weights = nn.Dense(
+        self.length,
+        kernel_init=torch_kernel_init,
+        bias_init=torch_bias_init(self.lin_dim),
+        precision=self.precision,
+        name="linear_layer",
+    )(emb)
     weights = jax.nn.softmax(weights, axis=-1)
     prompt = jnp.einsum("bl,lhwc->bhwc", weights, prompt_param, precision=self.precision)
     prompt = resize_bilinear(prompt, h, w).astype(self.dtype)
@@ -189,6 +209,7 @@ class PromptIR(nn.Module):
   backward pass and recomputes the rest (`jax.checkpoint`): a training step's
   activations shrink to a fraction for one more forward; no effect on a forward.
   """
+
   dim: int = 48
   num_blocks: Sequence[int] = (4, 6, 6, 8)
   num_refinement_blocks: int = 4
@@ -212,8 +233,9 @@ class PromptIR(nn.Module):
   def _block(self, dim, heads, name=None, remat=None):
     remat = self.remat == "blocks" if remat is None else remat
     cls = nn.remat(TransformerBlock) if remat else TransformerBlock
-    return cls(dim, heads, self.ffn_expansion_factor, jnp.dtype(self.dtype), self.precision,
-               name=name)
+    return cls(
+        dim, heads, self.ffn_expansion_factor, jnp.dtype(self.dtype), self.precision, name=name
+    )
 
   def _blocks(self, x, names, dim, heads):
     """The blocks `names` in turn; one scan when there are several and params exist."""
@@ -236,8 +258,9 @@ class PromptIR(nn.Module):
     """concat[x, prompt(x)] -> transformer block -> 1x1 conv."""
     dtype = jnp.dtype(self.dtype)
     p_dim, p_size = self.prompt_dims[level - 1], self.prompt_sizes[level - 1]
-    prompt = PromptBlock(p_dim, self.prompt_length, p_size, lin_dim, dtype, self.precision,
-                         name=f"prompt{level}")(x)
+    prompt = PromptBlock(
+        p_dim, self.prompt_length, p_size, lin_dim, dtype, self.precision, name=f"prompt{level}"
+    )(x)
     x = jnp.concatenate([x, prompt], axis=-1)
     x = self._block(lin_dim + p_dim, self.noise_level_heads, name=f"noise_level{level}")(x)
     return conv(out_dim, 1, f"reduce_noise_level{level}", dtype, self.precision)(x)
@@ -245,10 +268,9 @@ class PromptIR(nn.Module):
   @nn.compact
   def __call__(self, x):
     if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] % 8 or x.shape[2] % 8:
-      raise ValueError(
-          f"PromptIR expects (B, H, W, 3) with H and W multiples of 8, got {x.shape}")
+      raise ValueError(f"PromptIR expects (B, H, W, 3) with H and W multiples of 8, got {x.shape}")
     dtype = jnp.dtype(self.dtype)
-    c1, c2, c3, c4 = (self.dim * 2 ** i for i in range(4))
+    c1, c2, c3, c4 = (self.dim * 2**i for i in range(4))
     n1, n2, n3, n4 = self.num_blocks
     h1, h2, h3, h4 = self.heads
 
@@ -264,8 +286,7 @@ class PromptIR(nn.Module):
     def level(prefix, count):
       return [f"{prefix}_{i}" for i in range(count)]
 
-    e1 = self._blocks(c(c1, 3, "patch_embed")(x.astype(dtype)), level("encoder_level1", n1),
-                      c1, h1)
+    e1 = self._blocks(c(c1, 3, "patch_embed")(x.astype(dtype)), level("encoder_level1", n1), c1, h1)
     e2 = self._blocks(down(e1, "down1_2"), level("encoder_level2", n2), c2, h2)
     e3 = self._blocks(down(e2, "down2_3"), level("encoder_level3", n3), c3, h3)
     lat = self._blocks(down(e3, "down3_4"), level("latent", n4), c4, h4)
@@ -281,8 +302,9 @@ class PromptIR(nn.Module):
 
     d1 = jnp.concatenate([up(d2, "up2_1"), e1], axis=-1)
     # The decoder's last level and the refinement are one run of identical blocks.
-    d1 = self._blocks(d1, level("decoder_level1", n1) + level(
-        "refinement", self.num_refinement_blocks), c2, h1)
+    d1 = self._blocks(
+        d1, level("decoder_level1", n1) + level("refinement", self.num_refinement_blocks), c2, h1
+    )
     return c(self.out_channels, 3, "output")(d1).astype(jnp.float32) + x
 
 
@@ -309,7 +331,7 @@ def init_params(model: nn.Module, key: jax.Array) -> dict:
     fan_in = 1
     for d in kernel[:-1]:
       fan_in *= d
-    return fan_in ** -0.5
+    return fan_in**-0.5
 
   def kind(name):
     leaf, parent = name.rsplit("/", 1)[-1], name.rsplit("/", 1)[0]
@@ -334,7 +356,7 @@ def init_params(model: nn.Module, key: jax.Array) -> dict:
     if k in ("ones", "zeros"):
       leaves.append(np.full(s.shape, 1.0 if k == "ones" else 0.0, np.float32))
       continue
-    part = u[offset:offset + s.size].reshape(s.shape)
+    part = u[offset : offset + s.size].reshape(s.shape)
     offset += s.size
     if k == "symmetric":
       part = (2.0 * part - 1.0) * np.float32(bound(name))

@@ -57,14 +57,18 @@ def crop_to_multiple(image: np.ndarray, multiple: int = EVAL_MULTIPLE) -> np.nda
   """Centre crop to multiples of `multiple`: floor half of the excess off the top/left."""
   h, w = image.shape[:2]
   top, left = (h % multiple) // 2, (w % multiple) // 2
-  return image[top:top + h - h % multiple, left:left + w - w % multiple]
+  return image[top : top + h - h % multiple, left : left + w - w % multiple]
 
 
-# ----------------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------
+# Training.
+
 
 def _train_sources(data_config) -> list[tuple[str, object]]:
-  return [(datasets.parse_set(spec)[0], datasets.data_source('train', spec, data_config.data_dir))
-          for spec in data_config.train_sets]
+  return [
+      (datasets.parse_set(spec)[0], datasets.data_source("train", spec, data_config.data_dir))
+      for spec in data_config.train_sets
+  ]
 
 
 def mixture(data_config, sizes: list[int] | None = None) -> np.ndarray:
@@ -75,7 +79,7 @@ def mixture(data_config, sizes: list[int] | None = None) -> np.ndarray:
   rows = []
   for source_index, (task, size) in enumerate(zip(tasks, sizes)):
     repeats = int(data_config.repeats[task])
-    sigmas = [int(s) for s in data_config.sigmas] if task == 'denoise' else [0]
+    sigmas = [int(s) for s in data_config.sigmas] if task == "denoise" else [0]
     for sigma in sigmas:
       block = np.stack([np.full(size, source_index), np.arange(size), np.full(size, sigma)], 1)
       rows.append(np.tile(block, (repeats, 1)))
@@ -87,15 +91,17 @@ def mixture(data_config, sizes: list[int] | None = None) -> np.ndarray:
 def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
   if shard_index is None or shard_count is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     return jax.process_index(), jax.process_count()
   if not 0 <= shard_index < shard_count:
-    raise ValueError(f'shard_index={shard_index}: expected 0 <= shard_index < {shard_count}.')
+    raise ValueError(f"shard_index={shard_index}: expected 0 <= shard_index < {shard_count}.")
   return shard_index, shard_count
 
 
 @dataclasses.dataclass(frozen=True)
 class _EpochLookup:
   """Stream position -> mixture row: epoch e uses the e-th permutation, truncated."""
+
   shuffled: grain.MapDataset
   epoch_items: int
 
@@ -107,6 +113,7 @@ class _EpochLookup:
 @dataclasses.dataclass(frozen=True)
 class _MakePatch:
   """Mixture row -> training example; the rng comes from Grain's random_map."""
+
   sources: tuple
   tasks: tuple
   patch_size: int
@@ -114,24 +121,27 @@ class _MakePatch:
   def __call__(self, row: np.ndarray, rng: np.random.Generator) -> dict:
     source_index, record_index, sigma = (int(v) for v in row)
     record = self.sources[source_index][record_index]
-    clean = images.decode_rgb(record['clean'])
-    degraded = images.decode_rgb(record['degraded']) if 'degraded' in record else clean
+    clean = images.decode_rgb(record["clean"])
+    degraded = images.decode_rgb(record["degraded"]) if "degraded" in record else clean
     h, w = clean.shape[:2]
     p = self.patch_size
     if h < p or w < p:
       pad = ((0, max(0, p - h)), (0, max(0, p - w)), (0, 0))
-      clean, degraded = np.pad(clean, pad, mode='reflect'), np.pad(degraded, pad, mode='reflect')
+      clean, degraded = np.pad(clean, pad, mode="reflect"), np.pad(degraded, pad, mode="reflect")
       h, w = clean.shape[:2]
     top, left = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
     code = int(rng.integers(1, 8))  # One of the 7 non-identity transforms, as the reference.
-    clean = dihedral(clean[top:top + p, left:left + p], code)
-    degraded = dihedral(degraded[top:top + p, left:left + p], code)
+    clean = dihedral(clean[top : top + p, left : left + p], code)
+    degraded = dihedral(degraded[top : top + p, left : left + p], code)
     if sigma:
       degraded = add_noise(clean, sigma, rng)
     task = self.tasks[source_index]
-    return {'degraded': degraded.astype(np.float32) / 255.0,
-            'clean': clean.astype(np.float32) / 255.0,
-            'task_id': np.int32(TASK_IDS[task]), 'sigma': np.int32(sigma)}
+    return {
+        "degraded": degraded.astype(np.float32) / 255.0,
+        "clean": clean.astype(np.float32) / 255.0,
+        "task_id": np.int32(TASK_IDS[task]),
+        "sigma": np.int32(sigma),
+    }
 
 
 def steps_per_epoch(data_config, shard_count: int | None = None) -> int:
@@ -143,6 +153,7 @@ def steps_per_epoch(data_config, shard_count: int | None = None) -> int:
 @dataclasses.dataclass
 class TrainData:
   """The per-process training stream and its epoch arithmetic."""
+
   dataset: grain.IterDataset
   steps_per_epoch: int
   mixture_size: int
@@ -151,8 +162,14 @@ class TrainData:
     return iter(self.dataset)
 
 
-def train_data(data_config, seed: int, *, shard_index: int | None = None,
-               shard_count: int | None = None, num_epochs: int | None = None) -> TrainData:
+def train_data(
+    data_config,
+    seed: int,
+    *,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    num_epochs: int | None = None,
+) -> TrainData:
   """Batches of {'degraded', 'clean': float32 (B, P, P, 3), 'task_id', 'sigma': int32 (B,)}.
 
   Sharded by JAX process unless shard_index/shard_count are given; endless unless num_epochs.
@@ -164,36 +181,46 @@ def train_data(data_config, seed: int, *, shard_index: int | None = None,
   global_batch = batch_size * shard_count
   steps = len(rows) // global_batch
   if steps == 0:
-    raise ValueError(f'the training mixture has {len(rows)} samples, fewer than one global '
-                     f'batch of {global_batch} (config.data.batch_size).')
+    raise ValueError(
+        f"the training mixture has {len(rows)} samples, fewer than one global "
+        f"batch of {global_batch} (config.data.batch_size)."
+    )
   epoch_items = steps * global_batch
   total = sys.maxsize if num_epochs is None else epoch_items * int(num_epochs)
   shuffled = grain.MapDataset.source(rows).shuffle(seed=seed % 2**32)
-  patches = _MakePatch(tuple(s for _, s in sources), tuple(t for t, _ in sources),
-                       int(data_config.patch_size))
-  dataset = (grain.MapDataset.range(total)
-             .map(_EpochLookup(shuffled, epoch_items))
-             .random_map(patches, seed=(seed + 1) % 2**32)  # rng from (seed, global position)
-             [shard_index::shard_count]
-             .batch(batch_size, drop_remainder=True))
+  patches = _MakePatch(
+      tuple(s for _, s in sources), tuple(t for t, _ in sources), int(data_config.patch_size)
+  )
+  dataset = (
+      grain.MapDataset.range(total)
+      .map(_EpochLookup(shuffled, epoch_items))
+      .random_map(patches, seed=(seed + 1) % 2**32)[  # rng from (seed, global position)
+          shard_index::shard_count
+      ]
+      .batch(batch_size, drop_remainder=True)
+  )
   read = grain.ReadOptions(num_threads=int(data_config.read_threads), prefetch_buffer_size=4)
   dataset = dataset.to_iter_dataset(read)
   if int(data_config.worker_count) > 0:
     dataset = dataset.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=int(data_config.worker_count)))
+        grain.MultiprocessingOptions(num_workers=int(data_config.worker_count))
+    )
   return TrainData(dataset=dataset, steps_per_epoch=steps, mixture_size=len(rows))
 
 
-# --------------------------------------------------------------------------------- evaluation
+# ----------------------------------------------------------------------------
+# Evaluation.
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
   """One evaluation: a test set, with a sigma for denoising."""
-  spec: str             # 'denoise/BSD68'
-  task: str             # 'denoise'
-  dataset: str          # 'BSD68'
-  sigma: int            # 0 unless denoising
-  degradation: str      # 'denoise_25', 'derain', 'dehaze'
+
+  spec: str  # 'denoise/BSD68'
+  task: str  # 'denoise'
+  dataset: str  # 'BSD68'
+  sigma: int  # 0 unless denoising
+  degradation: str  # 'denoise_25', 'derain', 'dehaze'
 
 
 def eval_sets(data_config) -> list[EvalSet]:
@@ -201,9 +228,9 @@ def eval_sets(data_config) -> list[EvalSet]:
   out = []
   for spec in data_config.test_sets:
     task, name = datasets.parse_set(spec)
-    sigmas = [int(s) for s in data_config.sigmas] if task == 'denoise' else [0]
+    sigmas = [int(s) for s in data_config.sigmas] if task == "denoise" else [0]
     for sigma in sigmas:
-      out.append(EvalSet(spec, task, name, sigma, f'denoise_{sigma}' if sigma else task))
+      out.append(EvalSet(spec, task, name, sigma, f"denoise_{sigma}" if sigma else task))
   return out
 
 
@@ -213,22 +240,26 @@ class _EvalExample:
   seed: int
 
   def __call__(self, index: int, record: dict) -> dict:
-    clean = crop_to_multiple(images.decode_rgb(record['clean']))
+    clean = crop_to_multiple(images.decode_rgb(record["clean"]))
     if self.eval_set.sigma:
       # Fixed noise per image: rng seeded by (seed, sigma, index in sorted file order).
       rng = np.random.default_rng([self.seed, self.eval_set.sigma, index])
       degraded = add_noise(clean, self.eval_set.sigma, rng)
     else:
-      degraded = crop_to_multiple(images.decode_rgb(record['degraded']))
-    return {'degraded': degraded[None].astype(np.float32) / 255.0,
-            'clean': clean[None].astype(np.float32) / 255.0,
-            'name': record['name'].decode(), 'dataset': self.eval_set.dataset,
-            'task': self.eval_set.task, 'degradation': self.eval_set.degradation,
-            'sigma': self.eval_set.sigma}
+      degraded = crop_to_multiple(images.decode_rgb(record["degraded"]))
+    return {
+        "degraded": degraded[None].astype(np.float32) / 255.0,
+        "clean": clean[None].astype(np.float32) / 255.0,
+        "name": record["name"].decode(),
+        "dataset": self.eval_set.dataset,
+        "task": self.eval_set.task,
+        "degradation": self.eval_set.degradation,
+        "sigma": self.eval_set.sigma,
+    }
 
 
 def eval_size(data_config, eval_set: EvalSet) -> int:
-  return len(datasets.data_source('test', eval_set.spec, data_config.data_dir))
+  return len(datasets.data_source("test", eval_set.spec, data_config.data_dir))
 
 
 def eval_dataset(data_config, eval_set: EvalSet, seed: int = 0) -> grain.IterDataset:
@@ -237,7 +268,7 @@ def eval_dataset(data_config, eval_set: EvalSet, seed: int = 0) -> grain.IterDat
   Items: {'degraded', 'clean': float32 (1, H, W, 3), 'name', 'dataset', 'task', 'degradation':
   str, 'sigma': int}. Prefetch is kept short: whole images are large.
   """
-  source = datasets.data_source('test', eval_set.spec, data_config.data_dir)
+  source = datasets.data_source("test", eval_set.spec, data_config.data_dir)
   dataset = grain.MapDataset.source(source).map_with_index(_EvalExample(eval_set, int(seed)))
   return dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
 
@@ -245,20 +276,25 @@ def eval_dataset(data_config, eval_set: EvalSet, seed: int = 0) -> grain.IterDat
 # ----------------------------------------------------------------------------
 # A run's data config.
 
+
 def per_process_batch(global_batch: int) -> int:
   """This process's share of data.batch_size, the global batch (as big_vision's)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   devices = jax.device_count()
   if global_batch % devices:
-    raise ValueError(f"config.data.batch_size={global_batch} is the global batch and must "
-                     f"divide over all {devices} devices ({jax.process_count()} process(es)): "
-                     f"use a multiple of {devices}")
+    raise ValueError(
+        f"config.data.batch_size={global_batch} is the global batch and must "
+        f"divide over all {devices} devices ({jax.process_count()} process(es)): "
+        f"use a multiple of {devices}"
+    )
   return global_batch // jax.process_count()
 
 
 def run_data_config(config, workdir: str):
   """config.data as this module reads it: the per-process batch, the demo's sets and folders."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   data = ml_collections.ConfigDict(config.data.to_dict())
   data.batch_size = per_process_batch(config.data.batch_size)
   if data.demo:
@@ -272,9 +308,11 @@ def run_data_config(config, workdir: str):
 def ensure_demo_data(data) -> None:
   """Builds the demo's sets once (process 0), the others wait for them."""
   import jax  # pylint: disable=g-import-not-at-top
+
   if data.demo:
     if jax.process_index() == 0:
       demo_data.build_demo(data.manual_dir, data.data_dir)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
       multihost_utils.sync_global_devices("demo_data")

@@ -25,6 +25,7 @@ class TensorBoard:
     self._writer = None
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
       self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def scalars(self, step: int, values: dict) -> None:
@@ -64,23 +65,32 @@ def update_summary(workdir: str, entry: dict) -> list[dict]:
 def summary_entry(round_index: int, counts: dict, results: list[dict]) -> dict:
   """One round: sparsity and, per task and test set, restored and input metrics."""
   return dict(
-      round=round_index, remaining=counts["remaining"], nonzero=counts["nonzero"],
+      round=round_index,
+      remaining=counts["remaining"],
+      nonzero=counts["nonzero"],
       params=counts["params"],
-      results={f"{r['degradation']}/{r['dataset']}": {
-          k: r[k] for k in ("psnr", "ssim", "input_psnr", "input_ssim")} for r in results})
+      results={
+          f"{r['degradation']}/{r['dataset']}": {
+              k: r[k] for k in ("psnr", "ssim", "input_psnr", "input_ssim")
+          }
+          for r in results
+      },
+  )
 
 
 def plot_psnr(workdir: str, entries: list[dict]) -> Path:
   """PSNR per task and test set against the remaining fraction of prunable weights."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
   names = sorted({name for e in entries for name in e["results"]})
   for name in names:
-    points = [(100 * e["remaining"], e["results"][name]["psnr"]) for e in entries
-              if name in e["results"]]
+    points = [
+        (100 * e["remaining"], e["results"][name]["psnr"]) for e in entries if name in e["results"]
+    ]
     ax.plot(*zip(*points), marker="o", label=name)
   ax.set_xscale("log")
   ax.invert_xaxis()
@@ -96,6 +106,7 @@ def plot_psnr(workdir: str, entries: list[dict]) -> Path:
 def save_figure(fig, path) -> None:
   """A matplotlib figure as a PNG, written atomically (images.write_atomic); closes it."""
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   fig.tight_layout()
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=110)
@@ -103,8 +114,9 @@ def save_figure(fig, path) -> None:
   images.write_atomic(path, buffer.getvalue())
 
 
-def sample_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                height: int = 128) -> np.ndarray:
+def sample_grid(
+    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], height: int = 128
+) -> np.ndarray:
   """degraded | restored | clean, one row per sample, resized to a common height."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
@@ -123,6 +135,7 @@ def sample_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
 def write_samples(forward, data_config, seed: int, path: str) -> None:
   """The first test image of every evaluation, as a degraded/restored/clean grid."""
   from mirl_jax import images, pipeline  # pylint: disable=import-outside-toplevel
+
   rows = []
   for eval_set in pipeline.eval_sets(data_config):
     example = next(iter(pipeline.eval_dataset(data_config, eval_set, seed=seed)))
@@ -131,8 +144,17 @@ def write_samples(forward, data_config, seed: int, path: str) -> None:
   images.write_png(path, sample_grid(rows))
 
 
-def report_round(workdir: str, r: int, model, params, masks, data_config, seed: int,
-                 tb: "TensorBoard | None" = None, progress: bool = True) -> dict:
+def report_round(
+    workdir: str,
+    r: int,
+    model,
+    params,
+    masks,
+    data_config,
+    seed: int,
+    tb: "TensorBoard | None" = None,
+    progress: bool = True,
+) -> dict:
   """Evaluates ticket r and writes its reports; returns its summary.json entry.
 
   WORKDIR/sparsity/round_RR.txt (per layer), eval/round_RR.md and .json (the
@@ -141,6 +163,7 @@ def report_round(workdir: str, r: int, model, params, masks, data_config, seed: 
   """
   # pylint: disable-next=import-outside-toplevel
   from mirl_jax import evaluate, masks as masks_lib, restore, sparsity
+
   counts = masks_lib.count(params, masks)
   forward = restore.make_forward(model, params)
   results = evaluate.evaluate(forward, data_config, seed=seed, progress=progress)
@@ -154,8 +177,16 @@ def report_round(workdir: str, r: int, model, params, masks, data_config, seed: 
   plot_psnr(workdir, update_summary(workdir, entry))
   write_samples(forward, data_config, seed, os.path.join(workdir, f"samples_round_{r:02d}.png"))
   if tb is not None:
-    tb.scalars(r, {"sparsity/remaining": counts["remaining"],
-                   **{f"eval/{e['degradation']}/{e['dataset']}/{k}": e[k]
-                      for e in results for k in ("psnr", "ssim")}})
+    tb.scalars(
+        r,
+        {
+            "sparsity/remaining": counts["remaining"],
+            **{
+                f"eval/{e['degradation']}/{e['dataset']}/{k}": e[k]
+                for e in results
+                for k in ("psnr", "ssim")
+            },
+        },
+    )
     tb.flush()
   return entry

@@ -54,13 +54,20 @@ def _window(size: int, overlap: int) -> np.ndarray:
 
 def _check_tiling(tile: int, overlap: int) -> None:
   if tile % MULTIPLE or overlap % MULTIPLE or not 0 <= overlap < tile // 2:
-    raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of "
-                     f"{MULTIPLE} with 0 <= overlap < tile / 2")
+    raise ValueError(
+        f"tile ({tile}) and overlap ({overlap}) must be multiples of "
+        f"{MULTIPLE} with 0 <= overlap < tile / 2"
+    )
 
 
-def restore_array(forward: Callable[[np.ndarray], np.ndarray], image: np.ndarray,
-                  tile: int = 512, overlap: int = 32, progress: bool = False,
-                  desc: str = "tiles") -> np.ndarray:
+def restore_array(
+    forward: Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray,
+    tile: int = 512,
+    overlap: int = 32,
+    progress: bool = False,
+    desc: str = "tiles",
+) -> np.ndarray:
   """(H, W, 3) float32 in [0, 1] -> restored (H, W, 3) float32 in [0, 1].
 
   With `progress`, an image of several tiles gets a tqdm bar (on stderr) over its tiles: a large
@@ -74,14 +81,21 @@ def restore_array(forward: Callable[[np.ndarray], np.ndarray], image: np.ndarray
   out = np.zeros(padded.shape, np.float32)
   weight = np.zeros((ph, pw, 1), np.float32)
   origins = [(y, x) for y in _starts(ph, th, overlap) for x in _starts(pw, tw, overlap)]
-  win = (_window(th, overlap if th < ph else 0)[:, None] *
-         _window(tw, overlap if tw < pw else 0)[None, :])[..., None]
-  with tqdm(total=len(origins), desc=desc, unit="tile", leave=False,
-            disable=not progress or len(origins) < 2) as bar:
+  win = (
+      _window(th, overlap if th < ph else 0)[:, None]
+      * _window(tw, overlap if tw < pw else 0)[None, :]
+  )[..., None]
+  with tqdm(
+      total=len(origins),
+      desc=desc,
+      unit="tile",
+      leave=False,
+      disable=not progress or len(origins) < 2,
+  ) as bar:
     for y, x in origins:
-      restored = np.asarray(forward(padded[None, y:y + th, x:x + tw]))[0]
-      out[y:y + th, x:x + tw] += restored * win
-      weight[y:y + th, x:x + tw] += win
+      restored = np.asarray(forward(padded[None, y : y + th, x : x + tw]))[0]
+      out[y : y + th, x : x + tw] += restored * win
+      weight[y : y + th, x : x + tw] += win
       bar.update()
   return np.clip(out / weight, 0.0, 1.0)[:h, :w]
 
@@ -94,8 +108,9 @@ def collect_inputs(inputs: Iterable[str]) -> list[Path]:
     if path.is_dir():
       found = images.list_images(path)
       if not found:
-        raise ValueError(f"No image files ({', '.join(images.IMAGE_EXTENSIONS)}) "
-                         f"in the folder {path}")
+        raise ValueError(
+            f"No image files ({', '.join(images.IMAGE_EXTENSIONS)}) in the folder {path}"
+        )
       files.extend(found)
     elif path.is_file():
       files.append(path)
@@ -123,11 +138,13 @@ def make_forward(model, params) -> Callable[[np.ndarray], np.ndarray]:
       shapes.add(x.shape)
       train_step.release_freed_memory()
     return out
+
   return forward
 
 
 class Job(NamedTuple):
   """One planned restoration: read `source`, write `target` as `format` ('PNG', 'JPEG', 'WEBP')."""
+
   source: Path
   target: Path
   format: str
@@ -160,17 +177,23 @@ def _check_output_dir(inputs: list[str], files: list[Path], out: Path) -> None:
   """Refuses an output folder that is, or holds, an input: outputs would land on the originals."""
   fix = "choose another --config.restore.output_dir"
   if out.exists() and not out.is_dir():
-    raise ValueError(f"Output folder {out} is a file (expected a folder, or a path that does "
-                     f"not exist yet): {fix}")
+    raise ValueError(
+        f"Output folder {out} is a file (expected a folder, or a path that does "
+        f"not exist yet): {fix}"
+    )
   for item in inputs:
     folder = Path(item).expanduser()
     if folder.is_dir() and _same_path(folder, out):
-      raise ValueError(f"Output folder {out} is the input folder {folder} (expected a folder "
-                       f"apart from the inputs, so that no original is overwritten): {fix}")
+      raise ValueError(
+          f"Output folder {out} is the input folder {folder} (expected a folder "
+          f"apart from the inputs, so that no original is overwritten): {fix}"
+      )
   for file in files:  # the file's own folder, or the real one behind a symlink
     if _same_path(file.parent, out) or _same_path(file.resolve().parent, out):
-      raise ValueError(f"Output folder {out} holds the input file {file} (expected a folder "
-                       f"apart from the inputs, so that no original is overwritten): {fix}")
+      raise ValueError(
+          f"Output folder {out} holds the input file {file} (expected a folder "
+          f"apart from the inputs, so that no original is overwritten): {fix}"
+      )
 
 
 def _check_targets(jobs: list[Job], overwrite: bool) -> None:
@@ -178,29 +201,38 @@ def _check_targets(jobs: list[Job], overwrite: bool) -> None:
   names = collections.Counter(job.target.name.casefold() for job in jobs)
   clashes = sorted({job.target.name for job in jobs if names[job.target.name.casefold()] > 1})
   if clashes:
-    raise ValueError(f"Several inputs share the output name(s) {clashes} (expected one input "
-                     "per output file, or they would overwrite each other): restore them into "
-                     "separate folders")
+    raise ValueError(
+        f"Several inputs share the output name(s) {clashes} (expected one input "
+        "per output file, or they would overwrite each other): restore them into "
+        "separate folders"
+    )
   sources = {_file_id(job.source): job.source for job in jobs}
   existing = [job.target for job in jobs if os.path.lexists(job.target)]
   for target in existing:
     if target.is_dir():
-      raise ValueError(f"Output {target} is a folder (expected a file or nothing there): "
-                       "move it away or choose another --config.restore.output_dir")
+      raise ValueError(
+          f"Output {target} is a folder (expected a file or nothing there): "
+          "move it away or choose another --config.restore.output_dir"
+      )
     if target.exists() and _file_id(target) in sources:
-      raise ValueError(f"Output {target} is the input file {sources[_file_id(target)]} "
-                       "(expected outputs apart from the inputs, even with overwrite): choose "
-                       "another --config.restore.output_dir")
+      raise ValueError(
+          f"Output {target} is the input file {sources[_file_id(target)]} "
+          "(expected outputs apart from the inputs, even with overwrite): choose "
+          "another --config.restore.output_dir"
+      )
   if existing and not overwrite:
     named = ", ".join(str(p) for p in existing[:3])
     more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-    raise ValueError(f"Output file(s) already exist: {named}{more} (expected none, so that "
-                     "nothing is overwritten): choose another --config.restore.output_dir, or "
-                     "set --config.restore.overwrite=True to replace them")
+    raise ValueError(
+        f"Output file(s) already exist: {named}{more} (expected none, so that "
+        "nothing is overwritten): choose another --config.restore.output_dir, or "
+        "set --config.restore.overwrite=True to replace them"
+    )
 
 
-def plan_outputs(inputs: Iterable[str], output_dir: str, *, fmt: str = "same",
-                 overwrite: bool = False) -> list[Job]:
+def plan_outputs(
+    inputs: Iterable[str], output_dir: str, *, fmt: str = "same", overwrite: bool = False
+) -> list[Job]:
   """Checks every input and decides every output, creating nothing on disk.
 
   Each input is decoded once, so an unreadable file, or one the chosen format cannot hold,
@@ -211,8 +243,10 @@ def plan_outputs(inputs: Iterable[str], output_dir: str, *, fmt: str = "same",
   (jpg with alpha or 16 bits); an unknown `fmt`.
   """
   if fmt not in images.OUTPUT_FORMATS:
-    raise ValueError(f"Output format {fmt!r} unknown (expected one of "
-                     f"{', '.join(images.OUTPUT_FORMATS)}): set --config.restore.format=same")
+    raise ValueError(
+        f"Output format {fmt!r} unknown (expected one of "
+        f"{', '.join(images.OUTPUT_FORMATS)}): set --config.restore.format=same"
+    )
   inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else [str(i) for i in inputs]
   files = _unique(collect_inputs(inputs))
   out = Path(output_dir).expanduser()
@@ -223,15 +257,23 @@ def plan_outputs(inputs: Iterable[str], output_dir: str, *, fmt: str = "same",
     kind = images.output_format(picture.format, fmt)
     reason = images.unfit(picture, kind)
     if reason:
-      raise ValueError(f"{file}: has {reason}, which {kind} cannot hold (expected an output "
-                       "format that keeps it): set --config.restore.format=png")
+      raise ValueError(
+          f"{file}: has {reason}, which {kind} cannot hold (expected an output "
+          "format that keeps it): set --config.restore.format=png"
+      )
     jobs.append(Job(file, out / f"{file.stem}{images.EXTENSIONS[kind]}", kind))
   _check_targets(jobs, overwrite)
   return jobs
 
 
-def restore_files(forward: Callable[[np.ndarray], np.ndarray], jobs: Iterable[Job], *,
-                  tile: int = 512, overlap: int = 32, progress: bool = True) -> list[Path]:
+def restore_files(
+    forward: Callable[[np.ndarray], np.ndarray],
+    jobs: Iterable[Job],
+    *,
+    tile: int = 512,
+    overlap: int = 32,
+    progress: bool = True,
+) -> list[Path]:
   """Restores each planned job (see plan_outputs); returns the written paths.
 
   The output folder is created only now, and each output is written atomically, so a run cut
@@ -244,8 +286,9 @@ def restore_files(forward: Callable[[np.ndarray], np.ndarray], jobs: Iterable[Jo
   written = []
   for job in tqdm(jobs, desc="restore", unit="image", disable=not progress):
     picture = images.read_picture(job.source)
-    restored = restore_array(forward, picture.rgb, tile=tile, overlap=overlap,
-                             progress=progress, desc=job.source.name)
+    restored = restore_array(
+        forward, picture.rgb, tile=tile, overlap=overlap, progress=progress, desc=job.source.name
+    )
     images.write_atomic(job.target, images.encode_picture(restored, picture, job.format))
     written.append(job.target)
   return written

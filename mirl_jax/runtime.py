@@ -16,8 +16,10 @@ from pathlib import Path
 # off, a training step of the default network needs less memory. LLVM's
 # level 1 instead of 3 compiles faster and, measured on this project's CPUs, also
 # runs the default network's training step and forward faster (benchmarks/).
-XLA_CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",
-                 "--xla_backend_optimization_level=1")
+XLA_CPU_FLAGS = (
+    "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+    "--xla_backend_optimization_level=1",
+)
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), *XLA_CPU_FLAGS]))
 
 # The config files import each other (`from configs import demo`): in a checkout
@@ -40,8 +42,10 @@ def setup(verbosity_set: bool) -> None:
     logging.set_verbosity(logging.WARNING)
   # Compiling the network takes a minute on a CPU: keep it for restarts.
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(os.path.expanduser("~"), ".cache", "mirl_jax", "xla"))
+    jax.config.update(
+        "jax_compilation_cache_dir",
+        os.path.join(os.path.expanduser("~"), ".cache", "mirl_jax", "xla"),
+    )
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
@@ -79,15 +83,26 @@ def _config_error(error: BaseException, argv: list[str]) -> str:
     named = re.search(r'instead of "([^"]+)"', text) or re.search(r"([A-Za-z_]\w*)", text)
     key = named.group(1) if named else text
     hint = re.search(r'Did you mean "([^"]+)"', text)
-    flag = next((a.split("=", 1)[0] for a in argv if a.lstrip("-").startswith("config.")
-                 and key in a.split("=", 1)[0].split(".")), f"--config.{key}")
-    return (f"{flag}: no config key {key!r} in {path}" +
-            (f'; did you mean "{hint.group(1)}"?' if hint else "") +
-            " (--mode config lists every key)")
+    flag = next(
+        (
+            a.split("=", 1)[0]
+            for a in argv
+            if a.lstrip("-").startswith("config.") and key in a.split("=", 1)[0].split(".")
+        ),
+        f"--config.{key}",
+    )
+    return (
+        f"{flag}: no config key {key!r} in {path}"
+        + (f'; did you mean "{hint.group(1)}"?' if hint else "")
+        + " (--mode config lists every key)"
+    )
   if path and not os.path.isfile(path):
     return f"--config={path}: no such file (expected a Python file defining get_config())"
-  frames = [f for f in traceback.extract_tb(error.__traceback__)
-            if path and os.path.abspath(f.filename) == os.path.abspath(path)]
+  frames = [
+      f
+      for f in traceback.extract_tb(error.__traceback__)
+      if path and os.path.abspath(f.filename) == os.path.abspath(path)
+  ]
   where = f"line {frames[-1].lineno}" if frames else ""
   if isinstance(error, SyntaxError):
     where, text = f"line {error.lineno}", error.msg
@@ -105,8 +120,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     print((getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip() + "\n")
     print(flags.FLAGS.main_module_help())
     if "mode" in flags.FLAGS:
-      print("\nEvery config key, with its value and meaning: "
-            "--config FILE --mode config")
+      print("\nEvery config key, with its value and meaning: --config FILE --mode config")
     sys.exit(0)
   try:
     rest = flags.FLAGS(argv)

@@ -16,8 +16,9 @@ import optax
 
 def _check(base_lr: float, warmup_epochs: int, epochs: int) -> None:
   if not 0 <= warmup_epochs < epochs:
-    raise ValueError(f"warmup_epochs={warmup_epochs}, epochs={epochs}: expected "
-                     "0 <= warmup_epochs < epochs")
+    raise ValueError(
+        f"warmup_epochs={warmup_epochs}, epochs={epochs}: expected 0 <= warmup_epochs < epochs"
+    )
   if base_lr < 0:
     raise ValueError(f"base_lr={base_lr}: expected >= 0")
 
@@ -26,9 +27,11 @@ def epoch_rates(base_lr: float, warmup_epochs: int, epochs: int) -> np.ndarray:
   """float64 (epochs,): the rate in force during each epoch 0..epochs-1."""
   _check(base_lr, warmup_epochs, epochs)
   if warmup_epochs < 1:  # epoch 0 is 0 and each later epoch a multiple of the last
-    raise ValueError(f"warmup_epochs={warmup_epochs}: the reference's per-epoch schedule "
-                     "stays at lr 0 for good without warmup; expected >= 1 (or "
-                     "train.lr_per_epoch=False)")
+    raise ValueError(
+        f"warmup_epochs={warmup_epochs}: the reference's per-epoch schedule "
+        "stays at lr 0 for good without warmup; expected >= 1 (or "
+        "train.lr_per_epoch=False)"
+    )
   w, e = warmup_epochs, epochs
   rates, lr = [], 0.0
   for t in range(e):
@@ -41,8 +44,11 @@ def epoch_rates(base_lr: float, warmup_epochs: int, epochs: int) -> np.ndarray:
     elif (t - 1 - e) % (2 * (e - w)) == 0:  # never reached for t < epochs; kept for parity
       lr = lr + base_lr * (1 - math.cos(math.pi / (e - w))) / 2
     else:
-      lr = (1 + math.cos(math.pi * (t - w) / (e - w))) / (
-          1 + math.cos(math.pi * (t - w - 1) / (e - w))) * lr
+      lr = (
+          (1 + math.cos(math.pi * (t - w) / (e - w)))
+          / (1 + math.cos(math.pi * (t - w - 1) / (e - w)))
+          * lr
+      )
     rates.append(lr)
   return np.asarray(rates, np.float64)
 
@@ -54,8 +60,9 @@ def learning_rate(epoch: int, base_lr: float, warmup_epochs: int, epochs: int) -
   return float(epoch_rates(base_lr, warmup_epochs, epochs)[epoch])
 
 
-def optax_schedule(base_lr: float, warmup_epochs: int, epochs: int,
-                   steps_per_epoch: int, per_epoch: bool = True) -> optax.Schedule:
+def optax_schedule(
+    base_lr: float, warmup_epochs: int, epochs: int, steps_per_epoch: int, per_epoch: bool = True
+) -> optax.Schedule:
   """step -> lr for the optimizer.
 
   per_epoch=True: the reference's staircase (a lookup of `epoch_rates`).
@@ -74,6 +81,9 @@ def optax_schedule(base_lr: float, warmup_epochs: int, epochs: int,
 
     return staircase
   ramp = max(warmup_epochs - 1, 0) * steps_per_epoch
-  pieces = [optax.linear_schedule(0.0, base_lr, ramp), optax.constant_schedule(base_lr),
-            optax.cosine_decay_schedule(base_lr, (epochs - warmup_epochs) * steps_per_epoch)]
+  pieces = [
+      optax.linear_schedule(0.0, base_lr, ramp),
+      optax.constant_schedule(base_lr),
+      optax.cosine_decay_schedule(base_lr, (epochs - warmup_epochs) * steps_per_epoch),
+  ]
   return optax.join_schedules(pieces, [ramp, warmup_epochs * steps_per_epoch])

@@ -53,29 +53,36 @@ def report(params: Any, masks: Any) -> list[dict]:
       c[1] += size
       c[2] += int(np.count_nonzero(np.asarray(m)))
   rows = [_row(name, *c) for name, c in counts.items()]
-  rows.append(_row(TOTAL, *(sum(r[k] for r in rows)
-                            for k in ("params", "prunable", "alive_prunable"))))
+  rows.append(
+      _row(TOTAL, *(sum(r[k] for r in rows) for k in ("params", "prunable", "alive_prunable")))
+  )
   return rows
 
 
 def table(rows: list[dict]) -> str:
   """The report as a fixed-width text table (remaining in %, compression as Nx)."""
   width = max(len(r["layer"]) for r in rows)
-  head = (f"{'layer':<{width}} {'params':>11} {'prunable':>11} {'alive':>11} "
-          f"{'remaining':>9} {'compress':>9}")
+  head = (
+      f"{'layer':<{width}} {'params':>11} {'prunable':>11} {'alive':>11} "
+      f"{'remaining':>9} {'compress':>9}"
+  )
   lines = [head, "-" * len(head)]
   for r in rows:
     if r["layer"] == TOTAL:
       lines.append("-" * len(head))
-    lines.append(f"{r['layer']:<{width}} {r['params']:>11,} {r['prunable']:>11,} "
-                 f"{r['alive']:>11,} {100 * r['remaining']:>8.2f}% "
-                 f"{r['compression']:>8.2f}x")
+    lines.append(
+        f"{r['layer']:<{width}} {r['params']:>11,} {r['prunable']:>11,} "
+        f"{r['alive']:>11,} {100 * r['remaining']:>8.2f}% "
+        f"{r['compression']:>8.2f}x"
+    )
   return "\n".join(lines)
 
 
 def summary(rows: list[dict]) -> str:
   """One line: the total row, e.g. for a log after each round."""
   t = rows[-1]
-  return (f"{t['alive']:,} / {t['params']:,} params alive "
-          f"({t['alive_prunable']:,} / {t['prunable']:,} prunable = "
-          f"{100 * t['remaining']:.2f}%), compression {t['compression']:.2f}x")
+  return (
+      f"{t['alive']:,} / {t['params']:,} params alive "
+      f"({t['alive_prunable']:,} / {t['prunable']:,} prunable = "
+      f"{100 * t['remaining']:.2f}%), compression {t['compression']:.2f}x"
+  )

@@ -47,16 +47,19 @@ from mirl_jax import train
 IMP = "imp"
 CONTROLS = ("random_init", "random_prune", "one_shot")
 VARIANTS = (IMP,) + CONTROLS
-LABELS = {IMP: "(a) IMP, rewound to init", "random_init": "(b) IMP masks, random init",
-          "random_prune": "(c) random pruning, rewound", "one_shot": "(d) one-shot, rewound"}
+LABELS = {
+    IMP: "(a) IMP, rewound to init",
+    "random_init": "(b) IMP masks, random init",
+    "random_prune": "(c) random pruning, rewound",
+    "one_shot": "(d) one-shot, rewound",
+}
 STUDY = "study.json"
 
 
 def run_config(config, workdir: str) -> ml_collections.ConfigDict:
   """The runs' config: without `study` (the IMP run's resume check would count a new
   `study.every` as another experiment), its demo data once in WORKDIR/demo."""
-  config = ml_collections.ConfigDict(
-      {k: v for k, v in config.to_dict().items() if k != "study"})
+  config = ml_collections.ConfigDict({k: v for k, v in config.to_dict().items() if k != "study"})
   if config.data.demo:
     config.data.manual_dir = config.data.manual_dir or os.path.join(workdir, "demo", "raw")
     config.data.data_dir = config.data.data_dir or os.path.join(workdir, "demo", "tfds")
@@ -74,14 +77,22 @@ def levels(config) -> list[int]:
 # ----------------------------------------------------------------------------
 # study.json: one entry per (variant, round).
 
+
 def study_entry(variant: str, summary: dict, alive: int, seconds: float | None) -> dict:
   """A summary.json-style entry (reports.summary_entry) with the PSNR means added."""
   psnr = {name: m["psnr"] for name, m in summary["results"].items()}
   inputs = {name: m["input_psnr"] for name, m in summary["results"].items()}
-  return dict(variant=variant, round=summary["round"], remaining=summary["remaining"],
-              alive=alive, psnr=psnr, mean_psnr=float(np.mean(list(psnr.values()))),
-              input_psnr=inputs, mean_input_psnr=float(np.mean(list(inputs.values()))),
-              seconds=seconds)
+  return dict(
+      variant=variant,
+      round=summary["round"],
+      remaining=summary["remaining"],
+      alive=alive,
+      psnr=psnr,
+      mean_psnr=float(np.mean(list(psnr.values()))),
+      input_psnr=inputs,
+      mean_input_psnr=float(np.mean(list(inputs.values()))),
+      seconds=seconds,
+  )
 
 
 def read_study(workdir: str) -> list[dict]:
@@ -90,12 +101,14 @@ def read_study(workdir: str) -> list[dict]:
 
 def record(workdir: str, entry: dict) -> list[dict]:
   """Adds or replaces the entry of (variant, round), atomically; returns all entries."""
-  return reports.update_entries(Path(workdir) / STUDY, entry,
-                                key=lambda e: (e["round"], VARIANTS.index(e["variant"])))
+  return reports.update_entries(
+      Path(workdir) / STUDY, entry, key=lambda e: (e["round"], VARIANTS.index(e["variant"]))
+  )
 
 
 # ----------------------------------------------------------------------------
 # The study.
+
 
 class Study:
   """The IMP run, then (b)-(d) at each level, each finished training recorded."""
@@ -109,8 +122,7 @@ class Study:
 
   def run_for(self, variant: str) -> train.Run:
     if variant not in self.runs:
-      self.runs[variant] = train.Run(self.config, os.path.join(self.workdir, variant),
-                                     self.trainer)
+      self.runs[variant] = train.Run(self.config, os.path.join(self.workdir, variant), self.trainer)
     return self.runs[variant]
 
   def start(self, variant: str, r: int, imp_masks, alive: int, round0_params):
@@ -123,8 +135,12 @@ class Study:
     else:
       masks = lottery.one_shot_masks(round0_params, alive)
     # Prompts kept trained (config.lottery.keep_trained_prompts) come from round 0.
-    params = lottery.rewind(round0_params, masks, self.imp.rewind_target(),
-                            keep_trained=self.config.lottery.keep_trained_prompts)
+    params = lottery.rewind(
+        round0_params,
+        masks,
+        self.imp.rewind_target(),
+        keep_trained=self.config.lottery.keep_trained_prompts,
+    )
     return params, masks
 
   def train_control(self, variant: str, r: int, imp_masks, alive: int, round0_params) -> dict:
@@ -135,12 +151,26 @@ class Study:
     else:
       params, masks = self.start(variant, r, imp_masks, alive, round0_params)
       params = run.train_round(r, params, masks)
-      checkpointing.save_ticket(run.workdir, r, params, masks, dict(
-          run.meta, round=r, variant=variant, **masks_lib.count(params, masks)))
-    summary = reports.report_round(run.workdir, r, run.model, params, masks, self.trainer.data,
-                                   self.config.eval.seed, progress=False)
-    return study_entry(variant, summary, masks_lib.count(params, masks)["alive"],
-                       time.time() - began)
+      checkpointing.save_ticket(
+          run.workdir,
+          r,
+          params,
+          masks,
+          dict(run.meta, round=r, variant=variant, **masks_lib.count(params, masks)),
+      )
+    summary = reports.report_round(
+        run.workdir,
+        r,
+        run.model,
+        params,
+        masks,
+        self.trainer.data,
+        self.config.eval.seed,
+        progress=False,
+    )
+    return study_entry(
+        variant, summary, masks_lib.count(params, masks)["alive"], time.time() - began
+    )
 
   def run(self) -> list[dict]:
     began = time.time()
@@ -150,8 +180,12 @@ class Study:
     for summary in reports.read_summary(self.imp.workdir):
       r = summary["round"]
       tickets[r] = checkpointing.restore_ticket(self.imp.workdir, r, model=self.imp.model)
-      entries = record(self.workdir, study_entry(
-          IMP, summary, masks_lib.count(tickets[r].params, tickets[r].masks)["alive"], None))
+      entries = record(
+          self.workdir,
+          study_entry(
+              IMP, summary, masks_lib.count(tickets[r].params, tickets[r].masks)["alive"], None
+          ),
+      )
     recorded = {(e["variant"], e["round"]) for e in entries}
     for r in self.levels:
       alive = masks_lib.count(tickets[r].params, tickets[r].masks)["alive"]
@@ -160,14 +194,17 @@ class Study:
           continue
         entry = self.train_control(variant, r, tickets[r].masks, alive, tickets[0].params)
         entries = record(self.workdir, entry)
-        print(f"{LABELS[variant]} at {100 * entry['remaining']:.2f}% (round {r}): "
-              f"mean PSNR {entry['mean_psnr']:.2f} dB, IMP "
-              f"{_find(entries, IMP, r)['mean_psnr']:.2f} dB ({entry['seconds']:.0f} s)")
-    write_markdown(os.path.join(self.workdir, "study.md"), entries, self.config,
-                   self.levels)
+        print(
+            f"{LABELS[variant]} at {100 * entry['remaining']:.2f}% (round {r}): "
+            f"mean PSNR {entry['mean_psnr']:.2f} dB, IMP "
+            f"{_find(entries, IMP, r)['mean_psnr']:.2f} dB ({entry['seconds']:.0f} s)"
+        )
+    write_markdown(os.path.join(self.workdir, "study.md"), entries, self.config, self.levels)
     plot(os.path.join(self.workdir, "study.png"), entries)
-    print(f"Study done in {time.time() - began:.0f} s this session: {self.workdir}/study.md, "
-          f"study.png, {STUDY}")
+    print(
+        f"Study done in {time.time() - began:.0f} s this session: {self.workdir}/study.md, "
+        f"study.png, {STUDY}"
+    )
     return entries
 
 
@@ -177,6 +214,7 @@ def _find(entries: list[dict], variant: str, r: int) -> dict | None:
 
 # ----------------------------------------------------------------------------
 # Reports.
+
 
 def _row(cells) -> str:
   return "| " + " | ".join(cells) + " |"
@@ -191,7 +229,8 @@ def write_markdown(path: str, entries: list[dict], config, trained: list[int]) -
   rounds = sorted({e["round"] for e in entries})
   tasks = list(_find(entries, IMP, rounds[0])["psnr"])
   lines = [
-      "# Winning-ticket study", "",
+      "# Winning-ticket study",
+      "",
       f"IMP (a) at every round 0..{config.lottery.rounds}; (b)-(d) at rounds "
       f"{', '.join(map(str, trained))}. Every training: {config.train.epochs} epochs, "
       f"the data order of its round. PSNR in dB on the test sets, mean of "
@@ -199,35 +238,53 @@ def write_markdown(path: str, entries: list[dict], config, trained: list[int]) -
       "is IMP's round 1 itself (one prune of the dense net): a check that both train alike.",
       "",
       _row(["round", "remaining %", "input"] + [LABELS[v] for v in VARIANTS]),
-      _row(["---:"] * (3 + len(VARIANTS)))]
+      _row(["---:"] * (3 + len(VARIANTS))),
+  ]
   for r in rounds:
     found = [_find(entries, v, r) for v in VARIANTS]
     first = next(e for e in found if e is not None)
-    lines.append(_row([str(r), f"{100 * first['remaining']:.2f}",
-                       _psnr(first, "mean_input_psnr")] + [_psnr(e) for e in found]))
-  lines += ["", "## Per task", "",
-            _row(["round", "remaining %", "variant"] + tasks + ["mean"]),
-            _row(["---:", "---:", "---"] + ["---:"] * (len(tasks) + 1))]
+    lines.append(
+        _row(
+            [str(r), f"{100 * first['remaining']:.2f}", _psnr(first, "mean_input_psnr")]
+            + [_psnr(e) for e in found]
+        )
+    )
+  lines += [
+      "",
+      "## Per task",
+      "",
+      _row(["round", "remaining %", "variant"] + tasks + ["mean"]),
+      _row(["---:", "---:", "---"] + ["---:"] * (len(tasks) + 1)),
+  ]
   imp0 = _find(entries, IMP, rounds[0])
-  lines.append(_row(["", "", "input"] + [f"{imp0['input_psnr'][t]:.2f}" for t in tasks]
-                    + [_psnr(imp0, "mean_input_psnr")]))
+  lines.append(
+      _row(
+          ["", "", "input"]
+          + [f"{imp0['input_psnr'][t]:.2f}" for t in tasks]
+          + [_psnr(imp0, "mean_input_psnr")]
+      )
+  )
   for e in entries:
-    lines.append(_row([str(e["round"]), f"{100 * e['remaining']:.2f}", LABELS[e["variant"]]]
-                      + [f"{e['psnr'][t]:.2f}" for t in tasks] + [_psnr(e)]))
-  images.write_atomic(
-      Path(path), ("\n".join(lines) + "\n").encode())
+    lines.append(
+        _row(
+            [str(e["round"]), f"{100 * e['remaining']:.2f}", LABELS[e["variant"]]]
+            + [f"{e['psnr'][t]:.2f}" for t in tasks]
+            + [_psnr(e)]
+        )
+    )
+  images.write_atomic(Path(path), ("\n".join(lines) + "\n").encode())
 
 
 def plot(path: str, entries: list[dict]) -> None:
   """Mean PSNR against remaining weights (log axis, reversed); input PSNR dashed."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for variant, marker in zip(VARIANTS, "osD^"):
-    points = [(100 * e["remaining"], e["mean_psnr"]) for e in entries
-              if e["variant"] == variant]
+    points = [(100 * e["remaining"], e["mean_psnr"]) for e in entries if e["variant"] == variant]
     if points:
       ax.plot(*zip(*points), marker=marker, markerfacecolor="none", label=LABELS[variant])
   ax.axhline(entries[0]["mean_input_psnr"], color="gray", linestyle="--", label="input")
@@ -246,21 +303,22 @@ def plot(path: str, entries: list[dict]) -> None:
 # The command.
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (get_config()).",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the study's runs and reports live.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv) -> None:
   if len(argv) > 1:
-    runtime.fail(f"unexpected arguments {argv[1:]}: every setting is a flag "
-                 "(--config.KEY=VALUE)", 2)
+    runtime.fail(
+        f"unexpected arguments {argv[1:]}: every setting is a flag (--config.KEY=VALUE)", 2
+    )
   runtime.setup(FLAGS["verbosity"].present)
 
   def run():
     config_keys.validate(FLAGS.config, "train")
     Study(FLAGS.config, FLAGS.workdir).run()
+
   runtime.run_cleanly(run)
 
 

@@ -27,13 +27,26 @@ from mirl_jax import reports
 from mirl_jax import schedule
 from mirl_jax import train_step
 
-
 # What a resumed run may change: how it logs, checkpoints, reads and evaluates,
 # and how many rounds it runs. Anything else would mix two experiments.
-_MAY_CHANGE = ("train.log_every_steps", "train.checkpoint_every_steps", "lottery.rounds",
-               "train.microbatches", "model.scan_blocks", "model.remat",
-               "data.manual_dir", "data.data_dir", "data.worker_count", "data.read_threads",
-               "data.test_sets", "eval.", "restore.", "export.", "import_from", "import_init")
+_MAY_CHANGE = (
+    "train.log_every_steps",
+    "train.checkpoint_every_steps",
+    "lottery.rounds",
+    "train.microbatches",
+    "model.scan_blocks",
+    "model.remat",
+    "data.manual_dir",
+    "data.data_dir",
+    "data.worker_count",
+    "data.read_threads",
+    "data.test_sets",
+    "eval.",
+    "restore.",
+    "export.",
+    "import_from",
+    "import_init",
+)
 
 
 def _flat(tree, prefix=""):
@@ -43,8 +56,14 @@ def _flat(tree, prefix=""):
 
 
 # Keys added since a run may have saved its config, with the value its code had.
-_ADDED = {"model.dtype": "float32", "model.precision": "highest", "model.scan_blocks": True,
-          "model.remat": "none", "train.microbatches": 1, "lottery.reference_pool": False}
+_ADDED = {
+    "model.dtype": "float32",
+    "model.precision": "highest",
+    "model.scan_blocks": True,
+    "model.remat": "none",
+    "train.microbatches": 1,
+    "lottery.reference_pool": False,
+}
 
 
 def config_changes(saved: dict, current: dict, per_device_batch: bool = False) -> list[str]:
@@ -57,15 +76,18 @@ def config_changes(saved: dict, current: dict, per_device_batch: bool = False) -
   old.update(_flat(saved))
   if per_device_batch:
     old["data.batch_size"] *= jax.device_count()
-  return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}"
-          for k in sorted(set(old) | set(new))
-          if old.get(k) != new.get(k) and not k.startswith(_MAY_CHANGE)]
+  return [
+      f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}"
+      for k in sorted(set(old) | set(new))
+      if old.get(k) != new.get(k) and not k.startswith(_MAY_CHANGE)
+  ]
 
 
 def _host(tree):
   """Numpy copies of (replicated) arrays: safe from donation and multi-host."""
   return jax.tree.map(
-      lambda x: np.array(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+      lambda x: np.array(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree
+  )
 
 
 def _imported_theta_0(workdir: str, model, reference_pool: bool):
@@ -82,10 +104,13 @@ def _imported_theta_0(workdir: str, model, reference_pool: bool):
       raise ValueError(
           f"{workdir} holds a ticket imported from {source} without its run's theta_0, which "
           "every round rewinds to: import it again into a new workdir with "
-          f"--config.import_from={source} --config.import_init=/path/to/initial_state_dict.pth")
+          f"--config.import_from={source} --config.import_init=/path/to/initial_state_dict.pth"
+      )
   if theta_0 is not None and reference_pool and theta_0[1] is None:
-    raise ValueError(f"the theta_0 imported into {workdir} ({theta_0[2]['imported_from']}) has "
-                     "no unused convs (chnl_reduce1, ...) for lottery.reference_pool=True")
+    raise ValueError(
+        f"the theta_0 imported into {workdir} ({theta_0[2]['imported_from']}) has "
+        "no unused convs (chnl_reduce1, ...) for lottery.reference_pool=True"
+    )
   return None if theta_0 is None else theta_0[:2]
 
 
@@ -105,15 +130,21 @@ class Trainer:
     self.mesh = train_step.make_mesh()
     self.steps_per_epoch = pipeline.steps_per_epoch(self.data)
     self.steps_per_round = cfg.epochs * self.steps_per_epoch
-    self.lr = schedule.optax_schedule(cfg.learning_rate, cfg.warmup_epochs, cfg.epochs,
-                                      self.steps_per_epoch, per_epoch=cfg.lr_per_epoch)
+    self.lr = schedule.optax_schedule(
+        cfg.learning_rate,
+        cfg.warmup_epochs,
+        cfg.epochs,
+        self.steps_per_epoch,
+        per_epoch=cfg.lr_per_epoch,
+    )
     self.tx = train_step.make_optimizer(self.lr, weight_decay=cfg.weight_decay)
     self.step_fn = train_step.make_train_step(self.mesh, microbatches=cfg.get("microbatches", 1))
 
   def round_data(self, r: int):
     """Round r's data order: the same in a run, its resumption and a study's controls."""
-    return pipeline.train_data(self.data, seed=self.config.seed + r,
-                               num_epochs=self.config.train.epochs).iterator()
+    return pipeline.train_data(
+        self.data, seed=self.config.seed + r, num_epochs=self.config.train.epochs
+    ).iterator()
 
 
 class Run:
@@ -128,13 +159,17 @@ class Run:
     self.is_main = jax.process_index() == 0
     self.key = jax.random.key(config.seed)
     # With the config, a checkpoint says how to re-create its run and its theta_0.
-    self.meta = dict(config=json.loads(config.to_json()), batch="global",
-                     init_key=np.asarray(jax.random.key_data(self.key)).tolist())
+    self.meta = dict(
+        config=json.loads(config.to_json()),
+        batch="global",
+        init_key=np.asarray(jax.random.key_data(self.key)).tolist(),
+    )
     self.checkpoints = checkpointing.TrainCheckpoints(workdir)
     self.tb = reports.TensorBoard(workdir, self.is_main)
     self._late = None
 
-  # -- where survivors go back to ----------------------------------------------
+  # --------------------------------------------------------------------------
+  # Where survivors go back to.
 
   def init_params(self):
     if self.theta_0 is not None:
@@ -153,12 +188,11 @@ class Run:
     if mode == "init":
       return self.init_params()
     if mode == "late" and self._late is None:
-      self._late = checkpointing.restore_ticket(
-          self.workdir, 0, folder=checkpointing.REWIND).params
-    return lottery.rewind_target(mode, model=self.model, key=self.key,
-                                 late_params=self._late)
+      self._late = checkpointing.restore_ticket(self.workdir, 0, folder=checkpointing.REWIND).params
+    return lottery.rewind_target(mode, model=self.model, key=self.key, late_params=self._late)
 
-  # -- one round -------------------------------------------------------------
+  # --------------------------------------------------------------------------
+  # One round.
 
   def train_round(self, r: int, params, masks):
     """Trains round r from `params` (or from its mid-round checkpoint); returns numpy params.
@@ -174,15 +208,25 @@ class Run:
     saved = self.checkpoints.latest_meta()
     if saved is not None and saved["round"] == r:
       state, restored_masks = self.checkpoints.restore(saved["step"], state, iterator)
-      if not all(np.array_equal(a, b) for a, b in zip(
-          jax.tree.leaves(restored_masks), jax.tree.leaves(masks))):
-        raise ValueError(f"The checkpoint of round {r} in {self.workdir} has other masks "
-                         "than its tickets give: was the config changed?")
+      if not all(
+          np.array_equal(a, b)
+          for a, b in zip(jax.tree.leaves(restored_masks), jax.tree.leaves(masks))
+      ):
+        raise ValueError(
+            f"The checkpoint of round {r} in {self.workdir} has other masks "
+            "than its tickets give: was the config changed?"
+        )
       start = saved["step_in_round"]
       logging.warning("Resuming round %d at step %d of %d", r, start, steps)
     state = train_step.replicate(trainer.mesh, state)
-    bar = tqdm(total=steps, initial=start, desc=f"round {r}", unit="step",
-               disable=not self.is_main, dynamic_ncols=True)
+    bar = tqdm(
+        total=steps,
+        initial=start,
+        desc=f"round {r}",
+        unit="step",
+        disable=not self.is_main,
+        dynamic_ncols=True,
+    )
     # run_steps calls after_step before it pulls the next batch, so a checkpoint
     # saves the iterator positioned at the first batch not yet trained on.
     batches = ((b["degraded"], b["clean"]) for b in (next(iterator) for _ in range(start, steps)))
@@ -191,22 +235,45 @@ class Run:
       trained = step + 1  # steps of this round done
       late = self.config.lottery
       if r == 0 and late.rewind == "late" and trained == late.late_step:
-        checkpointing.save_ticket(self.workdir, 0, _host(state.params), masks, {"step": trained},
-                                  folder=checkpointing.REWIND)
+        checkpointing.save_ticket(
+            self.workdir,
+            0,
+            _host(state.params),
+            masks,
+            {"step": trained},
+            folder=checkpointing.REWIND,
+        )
       if trained % cfg.log_every_steps == 0 or trained == steps:
         loss = float(metrics["loss"])
         bar.set_postfix(loss=f"{loss:.4f}")
-        self.tb.scalars(r * steps + trained, {"train/loss": loss, "train/lr": trainer.lr(step),
-                                           "train/grad_norm": float(metrics["grad_norm"])})
+        self.tb.scalars(
+            r * steps + trained,
+            {
+                "train/loss": loss,
+                "train/lr": trainer.lr(step),
+                "train/grad_norm": float(metrics["grad_norm"]),
+            },
+        )
       if trained % cfg.checkpoint_every_steps == 0 and trained < steps:
         train_step.check_finite(metrics, r, step)  # never checkpoint a NaN
-        self.checkpoints.save(r * steps + trained, _host(state), masks, iterator,
-                              dict(self.meta, round=r, step_in_round=trained))
+        self.checkpoints.save(
+            r * steps + trained,
+            _host(state),
+            masks,
+            iterator,
+            dict(self.meta, round=r, step_in_round=trained),
+        )
       bar.update(1)
 
-    state = train_step.run_steps(trainer.step_fn, trainer.mesh, state,
-                                 train_step.replicate(trainer.mesh, masks), batches,
-                                 round_index=r, callback=after_step)
+    state = train_step.run_steps(
+        trainer.step_fn,
+        trainer.mesh,
+        state,
+        train_step.replicate(trainer.mesh, masks),
+        batches,
+        round_index=r,
+        callback=after_step,
+    )
     bar.close()
     if hasattr(iterator, "close"):
       iterator.close()
@@ -216,17 +283,28 @@ class Run:
     """Round r's ticket: it marks the round done, so whatever goes with it is saved first."""
     if unused_masks is not None:
       unused = self.unused_init()
-      checkpointing.save_unused(self.workdir, r, lottery.rewind(unused, unused_masks, unused),
-                                unused_masks)
-    checkpointing.save_ticket(self.workdir, r, params, masks,
-                              dict(self.meta, round=r, **masks_lib.count(params, masks)))
+      checkpointing.save_unused(
+          self.workdir, r, lottery.rewind(unused, unused_masks, unused), unused_masks
+      )
+    checkpointing.save_ticket(
+        self.workdir, r, params, masks, dict(self.meta, round=r, **masks_lib.count(params, masks))
+    )
 
   def report(self, r: int, params, masks) -> None:
     if self.is_main:  # evaluation is local work: one process does it for all
-      reports.report_round(self.workdir, r, self.model, params, masks, self.trainer.data,
-                           self.config.eval.seed, tb=self.tb)
+      reports.report_round(
+          self.workdir,
+          r,
+          self.model,
+          params,
+          masks,
+          self.trainer.data,
+          self.config.eval.seed,
+          tb=self.tb,
+      )
 
-  # -- the run ----------------------------------------------------------------
+  # --------------------------------------------------------------------------
+  # The run.
 
   def check_config(self, saved_rounds: list[int]) -> None:
     """Refuses to continue a run with a config that changes the experiment."""
@@ -240,13 +318,18 @@ class Run:
     hint = ""
     if per_device and any(c.startswith("data.batch_size:") for c in changes):
       b, n = saved["config"]["data"]["batch_size"], jax.device_count()
-      hint = (f" (its data.batch_size={b} counted per device; data.batch_size is now the "
-              f"global batch: --config.data.batch_size={b * n} continues it on {n} devices)")
+      hint = (
+          f" (its data.batch_size={b} counted per device; data.batch_size is now the "
+          f"global batch: --config.data.batch_size={b * n} continues it on {n} devices)"
+      )
     if changes:
       raise ValueError(
-          f"{self.workdir} holds a run made with another config (changed: " +
-          "; ".join(changes) + ")" + hint +
-          ": resume with the saved values, or use a new --workdir")
+          f"{self.workdir} holds a run made with another config (changed: "
+          + "; ".join(changes)
+          + ")"
+          + hint
+          + ": resume with the saved values, or use a new --workdir"
+      )
 
   def _unused_masks(self, last: int):
     """The unused convs' masks after ticket `last`, for the reference's pool."""
@@ -254,9 +337,11 @@ class Run:
       return masks_lib.dense_masks(self.unused_init())
     stored = checkpointing.restore_unused(self.workdir, last)
     if stored is None:
-      raise ValueError(f"ticket {last} of {self.workdir} was saved without the unused convs "
-                       "that lottery.reference_pool=True prunes (unused/): the run did not "
-                       "start with it, and cannot continue with it")
+      raise ValueError(
+          f"ticket {last} of {self.workdir} was saved without the unused convs "
+          "that lottery.reference_pool=True prunes (unused/): the run did not "
+          "start with it, and cannot continue with it"
+      )
     return stored[1]
 
   def train(self) -> checkpointing.Ticket | None:
@@ -292,9 +377,11 @@ class Run:
           masks = lottery.prune(params, masks, cfg.percent, cfg.scope)
         else:
           masks, unused_masks = lottery.prune_reference_pool(
-              params, masks, self.unused_init(), unused_masks, cfg.percent)
-        params = lottery.rewind(params, masks, self.rewind_target(),
-                                keep_trained=cfg.keep_trained_prompts)
+              params, masks, self.unused_init(), unused_masks, cfg.percent
+          )
+        params = lottery.rewind(
+            params, masks, self.rewind_target(), keep_trained=cfg.keep_trained_prompts
+        )
       params = self.train_round(r, params, masks)
       self.save_ticket(r, params, masks, unused_masks)
       self.report(r, params, masks)

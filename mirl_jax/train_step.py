@@ -24,8 +24,7 @@ from mirl_jax import masks as masks_lib
 DATA = "data"
 TrainState = train_state.TrainState
 # optax >= 0.2.6 has optax.tree.norm; older ones only tree_utils.tree_l2_norm.
-_tree_norm = getattr(getattr(optax, "tree", None), "norm", None) or \
-    optax.tree_utils.tree_l2_norm
+_tree_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.tree_utils.tree_l2_norm
 
 
 def _shard_map(f, mesh, in_specs, out_specs):
@@ -37,9 +36,9 @@ def _shard_map(f, mesh, in_specs, out_specs):
   factor of the device count. Off, grads are per-device and pmean averages.
   """
   if hasattr(jax, "shard_map"):
-    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                         check_vma=False)
+    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
   from jax.experimental.shard_map import shard_map  # pylint: disable=import-outside-toplevel
+
   return shard_map(f, mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
 
 
@@ -48,12 +47,15 @@ class NonFiniteError(FloatingPointError):
 
   def __init__(self, round_index: int, step: int, loss: float, grad_norm: float):
     self.round_index, self.step, self.loss, self.grad_norm = round_index, step, loss, grad_norm
-    super().__init__(f"non-finite training values in round {round_index} at step {step}: "
-                     f"loss={loss}, grad_norm={grad_norm}")
+    super().__init__(
+        f"non-finite training values in round {round_index} at step {step}: "
+        f"loss={loss}, grad_norm={grad_norm}"
+    )
 
 
 # ----------------------------------------------------------------------------
 # Mesh and placement.
+
 
 def make_mesh(devices=None) -> Mesh:
   """A one-axis `data` mesh over `devices` (default: all devices of all hosts)."""
@@ -83,9 +85,14 @@ def shard_batch(mesh: Mesh, local: np.ndarray) -> jax.Array:
 # ----------------------------------------------------------------------------
 # Optimizer and state.
 
-def make_optimizer(learning_rate: float | optax.Schedule, weight_decay: float = 0.01,
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
-                   ) -> optax.GradientTransformation:
+
+def make_optimizer(
+    learning_rate: float | optax.Schedule,
+    weight_decay: float = 0.01,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> optax.GradientTransformation:
   """PyTorch's AdamW defaults (decay 0.01, on every parameter).
 
   torch decays first (p *= 1 - lr*wd) and then subtracts lr * adam; optax adds
@@ -102,6 +109,7 @@ def create_train_state(model, params: Any, tx: optax.GradientTransformation) -> 
 # ----------------------------------------------------------------------------
 # The step.
 
+
 def l1_loss(restored: jax.Array, clean: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(restored - clean))
 
@@ -112,9 +120,9 @@ def _grads(state: TrainState, degraded: jax.Array, clean: jax.Array, microbatche
   Equal slices make the mean of their means the batch mean, so the result is
   the full batch's up to rounding; only one slice's activations are live.
   """
+
   def loss_and_grads(params, x, y):
-    return jax.value_and_grad(
-        lambda p: l1_loss(state.apply_fn({"params": p}, x), y))(params)
+    return jax.value_and_grad(lambda p: l1_loss(state.apply_fn({"params": p}, x), y))(params)
 
   if microbatches == 1:
     return loss_and_grads(state.params, degraded, clean)
@@ -129,8 +137,9 @@ def _grads(state: TrainState, degraded: jax.Array, clean: jax.Array, microbatche
   return jax.tree.map(lambda t: t / microbatches, total)
 
 
-def _local_step(state: TrainState, masks: Any, degraded: jax.Array, clean: jax.Array,
-                microbatches: int = 1):
+def _local_step(
+    state: TrainState, masks: Any, degraded: jax.Array, clean: jax.Array, microbatches: int = 1
+):
   """One device's step; masks=None is the dense net (round 0), masking skipped."""
   loss, grads = _grads(state, degraded, clean, microbatches)
   loss, grads = jax.lax.pmean((loss, grads), DATA)
@@ -161,10 +170,15 @@ def make_train_step(mesh: Mesh, donate: bool = True, microbatches: int = 1) -> C
   def step(state, masks, degraded, clean):
     local = degraded.shape[0] // mesh.devices.size
     if local % microbatches:
-      raise ValueError(f"per-device batch of {local} does not split into "
-                       f"microbatches={microbatches}")
-    f = _shard_map(functools.partial(_local_step, microbatches=microbatches), mesh,
-                   in_specs=(P(), P(), P(DATA), P(DATA)), out_specs=(P(), P()))
+      raise ValueError(
+          f"per-device batch of {local} does not split into microbatches={microbatches}"
+      )
+    f = _shard_map(
+        functools.partial(_local_step, microbatches=microbatches),
+        mesh,
+        in_specs=(P(), P(), P(DATA), P(DATA)),
+        out_specs=(P(), P()),
+    )
     return f(state, masks, degraded, clean)
 
   return jax.jit(step, donate_argnums=(0,) if donate else ())
@@ -172,6 +186,7 @@ def make_train_step(mesh: Mesh, donate: bool = True, microbatches: int = 1) -> C
 
 # ----------------------------------------------------------------------------
 # The host loop.
+
 
 def release_freed_memory() -> None:
   """Hands the heap memory that the process has freed back to the OS (glibc only).
@@ -193,10 +208,16 @@ def check_finite(metrics: dict, round_index: int, step: int) -> None:
     raise NonFiniteError(round_index, step, loss, grad_norm)
 
 
-def run_steps(step_fn: Callable, mesh: Mesh, state: TrainState, masks: Any,
-              batches: Iterable[tuple[np.ndarray, np.ndarray]], *, round_index: int,
-              callback: Callable[[int, TrainState, dict], None] | None = None
-              ) -> TrainState:
+def run_steps(
+    step_fn: Callable,
+    mesh: Mesh,
+    state: TrainState,
+    masks: Any,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    round_index: int,
+    callback: Callable[[int, TrainState, dict], None] | None = None,
+) -> TrainState:
   """Trains on process-local (degraded, clean) batches; returns the final state.
 
   Each step's metrics are checked one step late so the host never stalls the
@@ -208,8 +229,7 @@ def run_steps(step_fn: Callable, mesh: Mesh, state: TrainState, masks: Any,
   step = int(jax.device_get(state.step))
   pending = None
   for degraded, clean in batches:
-    state, metrics = step_fn(state, masks, shard_batch(mesh, degraded),
-                             shard_batch(mesh, clean))
+    state, metrics = step_fn(state, masks, shard_batch(mesh, degraded), shard_batch(mesh, clean))
     if pending is None:  # the step has just been compiled (or loaded from the cache)
       release_freed_memory()
     if pending is not None:
