@@ -61,28 +61,29 @@ def torch_name(path: tuple[str, ...]) -> str:
   return ".".join(parts)
 
 
+#: (leaf name, rank or None for any) -> (PyTorch layout to Flax's, Flax's to PyTorch's).
+_LAYOUTS = {
+    ("kernel", 4): (lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1)),
+    ("kernel", 2): (np.transpose, np.transpose),
+    ("temperature", None): (lambda a: a.reshape(-1), lambda a: a.reshape(-1, 1, 1)),
+    ("prompt_param", None): (
+        lambda a: a[0].transpose(0, 2, 3, 1),
+        lambda a: a.transpose(0, 3, 1, 2)[None],
+    ),
+}
+
+
+def _layout(leaf: str, array: np.ndarray, direction: int) -> np.ndarray:
+  pair = _LAYOUTS.get((leaf, array.ndim)) or _LAYOUTS.get((leaf, None))
+  return array if pair is None else pair[direction](array)
+
+
 def _to_flax(leaf: str, array: np.ndarray) -> np.ndarray:
-  if leaf == "kernel" and array.ndim == 4:
-    return array.transpose(2, 3, 1, 0)
-  if leaf == "kernel" and array.ndim == 2:
-    return array.T
-  if leaf == "temperature":
-    return array.reshape(-1)
-  if leaf == "prompt_param":
-    return array[0].transpose(0, 2, 3, 1)
-  return array
+  return _layout(leaf, array, 0)
 
 
 def _to_torch(leaf: str, array: np.ndarray) -> np.ndarray:
-  if leaf == "kernel" and array.ndim == 4:
-    return array.transpose(3, 2, 0, 1)
-  if leaf == "kernel" and array.ndim == 2:
-    return array.T
-  if leaf == "temperature":
-    return array.reshape(-1, 1, 1)
-  if leaf == "prompt_param":
-    return array.transpose(0, 3, 1, 2)[None]
-  return array
+  return _layout(leaf, array, 1)
 
 
 def _as_numpy(value) -> np.ndarray:
