@@ -1,9 +1,23 @@
-"""Shared fixtures: the PyTorch reference outputs live in ../shared/fixtures."""
+"""Shared fixtures: the PyTorch reference outputs live in ../shared/fixtures; the tiny
+PromptIR every test that needs a real network builds."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # tiny_config imports configs/, which sits beside the package
+  sys.path.insert(0, str(ROOT))
+
+from mirl_jax import models  # pylint: disable=wrong-import-position
+from tiny_config import get_config as tiny_config  # pylint: disable=wrong-import-position
+
+# One tiny network for all tests: tests/tiny_config.py's, which the CLI tests' child
+# processes load as a config file, so tests in-process and on the command line share it.
+TINY_MODEL_KWARGS = tiny_config().model.to_dict()
+TINY = models.PromptIR(**TINY_MODEL_KWARGS)
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 REFERENCE = FIXTURES / "promptir_reference.npz"
@@ -19,13 +33,13 @@ def reference():
 
 @pytest.fixture(scope="session")
 def reference_state_dict(reference):
-  return {k[len("state_dict/"):]: v for k, v in reference.items()
-          if k.startswith("state_dict/")}
+  return {k[len("state_dict/") :]: v for k, v in reference.items() if k.startswith("state_dict/")}
 
 
 @pytest.fixture(scope="session")
 def reference_ticket(reference_state_dict):
   from mirl_jax import convert
+
   return convert.params_from_torch(reference_state_dict)
 
 
@@ -38,6 +52,7 @@ def reference_network():
   pytest.importorskip("torch")
   pytest.importorskip("einops")
   import importlib.util  # pylint: disable=import-outside-toplevel
+
   spec = importlib.util.spec_from_file_location("reference_network", NETWORK)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -7,21 +7,23 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import TINY, TINY_MODEL_KWARGS
 from mirl_jax import checkpointing
 from mirl_jax import masks as masks_lib
 from mirl_jax import models
 
-TINY = models.PromptIR(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
-                       heads=(1, 1, 1, 1), prompt_dims=(8, 8, 8), prompt_sizes=(4, 4, 4),
-                       noise_level_heads=1)
+# The tiny network twice as wide, for a test of bytes on disk: its tensors outweigh the
+# fixed size of a checkpoint's metadata, which at TINY's width is most of it.
+WIDER = models.PromptIR(**dict(TINY_MODEL_KWARGS, dim=8, prompt_dims=(8, 8, 8)))
 
 
-def _ticket(seed=0, keep=0.3):
-  params = models.init_params(TINY, jax.random.key(seed))
+def _ticket(seed=0, keep=0.3, model=TINY):
+  params = models.init_params(model, jax.random.key(seed))
   rng = np.random.default_rng(seed)
   masks = jax.tree.map(lambda p: rng.random(p.shape) < keep, params)
   masks = jax.tree_util.tree_map_with_path(
-      lambda path, m: m if masks_lib.is_prunable(path) else None, masks)
+      lambda path, m: m if masks_lib.is_prunable(path) else None, masks
+  )
   return jax.tree.map(np.asarray, masks_lib.apply_masks(params, masks)), masks
 
 
@@ -66,14 +68,11 @@ def test_a_ten_percent_ticket_of_the_default_network_is_under_15_percent(tmp_pat
   shapes = models.param_shapes(models.PromptIR())
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.standard_normal(s.shape, np.float32), shapes)
-  prunable = jax.tree_util.tree_map_with_path(
-      lambda path, p: masks_lib.is_prunable(path), params)
+  prunable = jax.tree_util.tree_map_with_path(lambda path, p: masks_lib.is_prunable(path), params)
   total = sum(p.size for p in jax.tree.leaves(params))
-  fixed = sum(p.size for p, k in zip(jax.tree.leaves(params), jax.tree.leaves(prunable))
-              if not k)
+  fixed = sum(p.size for p, k in zip(jax.tree.leaves(params), jax.tree.leaves(prunable)) if not k)
   keep = (0.10 * total - fixed) / (total - fixed)  # ~3.5% of the prunable weights
-  masks = jax.tree.map(lambda p, k: rng.random(p.shape) < keep if k else None,
-                       params, prunable)
+  masks = jax.tree.map(lambda p, k: rng.random(p.shape) < keep if k else None, params, prunable)
   params = jax.tree.map(np.asarray, masks_lib.apply_masks(params, masks))
   counts = masks_lib.count(params, masks)
   assert abs(counts["nonzero"] / counts["params"] - 0.10) < 0.001
@@ -104,15 +103,16 @@ def test_restore_errors(tmp_path):
   checkpointing.save_ticket(str(tmp_path), 0, params, masks, {})
   with pytest.raises(ValueError, match=r"No ticket 5 .* has \[0\]"):
     checkpointing.restore_ticket(str(tmp_path), 5)
-  other = models.PromptIR(dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
-                          heads=(1, 1, 1, 1), prompt_dims=(8, 8, 8), prompt_sizes=(4, 4, 4),
-                          noise_level_heads=1)
+  other = models.PromptIR(**dict(TINY_MODEL_KWARGS, dim=2 * TINY.dim))  # twice as wide
   with pytest.raises(ValueError) as error:
     checkpointing.restore_ticket(str(tmp_path), model=other)
   message = str(error.value)
   assert "\n" not in message and "another architecture than config.model" in message
-  assert re.search(r"126 shape mismatches \(decoder_level1_0/attn/project_out/kernel: shape "
-                   r"\(1, 1, 16, 16\), the model expects \(1, 1, 32, 32\), .*, \.\.\.\)", message), message
+  assert re.search(
+      r"126 shape mismatches \(decoder_level1_0/attn/project_out/kernel: shape "
+      r"\(1, 1, 8, 8\), the model expects \(1, 1, 16, 16\), .*, \.\.\.\)",
+      message,
+  ), message
   assert message.endswith("is --config the one the run was made with?")
   assert os.listdir(tmp_path / "tickets") == ["0"]  # nothing was touched
 
@@ -120,23 +120,28 @@ def test_restore_errors(tmp_path):
 def test_train_checkpoints_store_adam_moments_sparse_and_restore_exactly(tmp_path):
   import grain  # pylint: disable=import-outside-toplevel
   from mirl_jax import train_step  # pylint: disable=import-outside-toplevel
-  params, masks = _ticket(keep=0.1)
-  state = train_step.create_train_state(TINY, params, train_step.make_optimizer(1e-3))
+
+  params, masks = _ticket(keep=0.1, model=WIDER)
+  state = train_step.create_train_state(WIDER, params, train_step.make_optimizer(1e-3))
   rng = np.random.default_rng(1)
   adam, *rest = state.opt_state
   moment = lambda: jax.tree.map(  # as training leaves them: 0 where pruned
-      lambda p, m: np.float32(rng.random(p.shape)) * (1 if m is None else m), params, masks,
-      is_leaf=lambda x: x is None)
+      lambda p, m: np.float32(rng.random(p.shape)) * (1 if m is None else m),
+      params,
+      masks,
+      is_leaf=lambda x: x is None,
+  )
   nu = moment()
   nu["patch_embed"]["kernel"][0, 0, 0, 0] = 0.5  # not 0 where pruned: this part stays whole
-  state = state.replace(opt_state=(adam._replace(count=np.int32(7), mu=moment(), nu=nu),
-                                   *rest), step=np.int32(7))
+  state = state.replace(
+      opt_state=(adam._replace(count=np.int32(7), mu=moment(), nu=nu), *rest), step=np.int32(7)
+  )
   iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
   next(iterator)
   checkpoints = checkpointing.TrainCheckpoints(str(tmp_path))
   checkpoints.save(3, state, masks, iterator, {"round": 1})
 
-  fresh = train_step.create_train_state(TINY, params, train_step.make_optimizer(1e-3))
+  fresh = train_step.create_train_state(WIDER, params, train_step.make_optimizer(1e-3))
   iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
   restored, restored_masks = checkpoints.restore(3, fresh, iterator)
   assert _equal(restored.opt_state, state.opt_state) and _equal(restored_masks, masks)

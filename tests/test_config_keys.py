@@ -38,29 +38,31 @@ def test_describe_lists_every_key_in_file_order_with_value_and_meaning():
   assert "# Iterative magnitude pruning." in text
 
 
-@pytest.mark.parametrize("make", [all_in_one.get_config, demo.get_config,
-                                  ticket_study.get_config])
+@pytest.mark.parametrize("make", [all_in_one.get_config, demo.get_config, ticket_study.get_config])
 def test_shipped_configs_are_valid(make):
   config_keys.validate(make(), "train")
 
 
-@pytest.mark.parametrize("key,value,expected", [
-    ("model.dim", 0, "an integer >= 1"),
-    ("model.heads", (1, 2, 4), "4 integers >= 1"),
-    ("model.heads", (1, 2, 5, 8), "heads that divide the channels"),
-    ("model.noise_level_heads", 5, "a divisor of the prompted widths"),
-    ("data.patch_size", 60, "a positive multiple of 8"),
-    ("data.test_sets", ("denoise/BSD68", "deblur/GoPro"), '"task/Set"'),
-    ("data.repeats", {"deblur": 2}, "a dict of denoise, derain, dehaze"),
-    ("train.warmup_epochs", 120, "fewer than train.epochs (120)"),
-    ("train.learning_rate", -1e-4, "a number > 0"),
-    ("lottery.percent", 100.0, "a number in (0, 100)"),
-    ("lottery.scope", "local", "one of 'global', 'layerwise'"),
-    ("restore.tile", 100, "a multiple of 8"),
-    ("restore.overlap", 256, "less than half of restore.tile (512)"),
-    ("restore.format", "tiff", "one of 'same', 'png', 'jpg'"),
-    ("eval.ticket", -2, "an integer >= -1"),
-])
+@pytest.mark.parametrize(
+    "key,value,expected",
+    [
+        ("model.dim", 0, "an integer >= 1"),
+        ("model.heads", (1, 2, 4), "4 integers >= 1"),
+        ("model.heads", (1, 2, 5, 8), "heads that divide the channels"),
+        ("model.noise_level_heads", 5, "a divisor of the prompted widths"),
+        ("data.patch_size", 60, "a positive multiple of 8"),
+        ("data.test_sets", ("denoise/BSD68", "deblur/GoPro"), '"task/Set"'),
+        ("data.repeats", {"deblur": 2}, "a dict of denoise, derain, dehaze"),
+        ("train.warmup_epochs", 120, "fewer than train.epochs (120)"),
+        ("train.learning_rate", -1e-4, "a number > 0"),
+        ("lottery.percent", 100.0, "a number in (0, 100)"),
+        ("lottery.scope", "local", "one of 'global', 'layerwise'"),
+        ("restore.tile", 100, "a multiple of 8"),
+        ("restore.overlap", 256, "less than half of restore.tile (512)"),
+        ("restore.format", "tiff", "one of 'same', 'png', 'jpg'"),
+        ("eval.ticket", -2, "an integer >= -1"),
+    ],
+)
 def test_invalid_values_name_the_key_the_value_and_what_is_expected(key, value, expected):
   config = all_in_one.get_config()
   section, _, name = key.rpartition(".")
@@ -83,20 +85,28 @@ def test_late_rewinding_needs_a_step_to_rewind_to():
 
 def test_modes_name_the_keys_they_need():
   config = all_in_one.get_config()
-  with pytest.raises(ValueError, match=r"--mode restore needs --config.restore.inputs="
-                     r"PATH\[,PATH...\] and --config.restore.output_dir=DIR"):
+  with pytest.raises(
+      ValueError,
+      match=r"--mode restore needs --config.restore.inputs="
+      r"PATH\[,PATH...\] and --config.restore.output_dir=DIR",
+  ):
     config_keys.validate(config, "restore")
-  with pytest.raises(ValueError, match=r"--mode import needs --config.import_from=FILE \(a "
-                     r"checkpoint\), --config.import_init=FILE \(its theta_0\) or both"):
+  with pytest.raises(
+      ValueError,
+      match=r"--mode import needs --config.import_from=FILE \(a "
+      r"checkpoint\), --config.import_init=FILE \(its theta_0\) or both",
+  ):
     config_keys.validate(config, "import")
   config.import_init = "initial_state_dict.pth"
   config_keys.validate(config, "import")
   with pytest.raises(ValueError, match="--mode export needs --config.export.output=FILE"):
     config_keys.validate(config, "export")
   config.lottery.update(dict(reference_pool=True, scope="layerwise"))
-  with pytest.raises(ValueError, match=r"config.lottery.reference_pool=True: expected False "
-                                       r"with lottery.scope='layerwise'"):
+  with pytest.raises(
+      ValueError,
+      match=r"config.lottery.reference_pool=True: expected False "
+      r"with lottery.scope='layerwise'",
+  ):
     config_keys.validate(config, "train")
   config.lottery.scope = "global"
   config_keys.validate(config, "train")
-

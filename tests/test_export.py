@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REFERENCE
+from conftest import REFERENCE, TINY
 from configs import all_in_one
 from mirl_jax import checkpointing
 from mirl_jax import config_keys
@@ -31,8 +31,9 @@ def imported(tmp_path_factory):
   return workdir
 
 
-def test_an_imported_ticket_goes_back_bit_for_bit(imported, tmp_path, reference_state_dict,
-                                                   reference_network):
+def test_an_imported_ticket_goes_back_bit_for_bit(
+    imported, tmp_path, reference_state_dict, reference_network
+):
   torch = pytest.importorskip("torch")
   _export(imported, tmp_path / "ticket.pth")
   exported = torch.load(tmp_path / "ticket.pth", weights_only=True)
@@ -49,6 +50,7 @@ def test_lightning_and_npz_layouts(imported, tmp_path, reference_state_dict, ref
   _export(imported, tmp_path / "ticket.ckpt", lightning=True)
 
   class MIRL(pl.LightningModule):  # the reference's module: its network as `net`
+
     def __init__(self):
       super().__init__()
       self.net = reference_network.PromptIR(decoder=True)
@@ -63,25 +65,32 @@ def test_lightning_and_npz_layouts(imported, tmp_path, reference_state_dict, ref
     assert all(np.array_equal(data[k], reference_state_dict[k]) for k in data.files)
   params, _ = convert.params_from_torch(convert.load_state_dict(str(tmp_path / "ticket.npz")))
   ticket, _, _ = checkpointing.restore_ticket(str(imported), 0)
-  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params),
-                                                  jax.tree.leaves(ticket)))
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ticket)))
 
 
 def test_a_run_made_here_exports_its_unused_convs_at_init(tmp_path):
   model = TINY
   key = jax.random.key(7)
   params = models.init_params(model, key)
-  checkpointing.save_ticket(str(tmp_path / "w"), 0, params, jax.tree.map(lambda _: None, params),
-                            {"init_key": np.asarray(jax.random.key_data(key)).tolist()})
-  sd = export.state_dict(params, export.unused_convs(str(tmp_path / "w"), 0, model,
-                                                     checkpointing.ticket_meta(
-                                                         str(tmp_path / "w"), 0), seed=0))
+  checkpointing.save_ticket(
+      str(tmp_path / "w"),
+      0,
+      params,
+      jax.tree.map(lambda _: None, params),
+      {"init_key": np.asarray(jax.random.key_data(key)).tolist()},
+  )
+  sd = export.state_dict(
+      params,
+      export.unused_convs(
+          str(tmp_path / "w"), 0, model, checkpointing.ticket_meta(str(tmp_path / "w"), 0), seed=0
+      ),
+  )
   want = convert.unused_init(model, key)
   for name, (cin, cout) in convert.unused_shapes(model).items():
     w = sd[f"{name}.weight"]
     assert w.shape == (cout, cin, 1, 1)
     assert np.array_equal(w, want[name]["kernel"].transpose(3, 2, 0, 1))
-    assert np.abs(w).max() <= cin ** -0.5 and w.std() > 0.45 * cin ** -0.5  # U(-b, b): 0.58 b
+    assert np.abs(w).max() <= cin**-0.5 and w.std() > 0.45 * cin**-0.5  # U(-b, b): 0.58 b
   again = convert.unused_init(model, jax.random.key(8))
   assert not np.array_equal(again["chnl_reduce1"]["kernel"], want["chnl_reduce1"]["kernel"])
 
@@ -91,13 +100,16 @@ def test_outputs_are_checked_first_and_never_half_written(imported, tmp_path, mo
   kept.write_bytes(b"an earlier export")
   with pytest.raises(ValueError, match=f"export.output={kept} exists"):
     _export(imported, kept, format="npz")
-  with pytest.raises(ValueError, match=r"export.output=.*t.pth: expected a name ending "
-                                       r"in .npz for export.format='npz'"):
+  with pytest.raises(
+      ValueError,
+      match=r"export.output=.*t.pth: expected a name ending " r"in .npz for export.format='npz'",
+  ):
     _export(imported, tmp_path / "t.pth", format="npz")
   with pytest.raises(ValueError, match="does not exist"):
     _export(imported, tmp_path / "missing" / "t.npz", format="npz")
-  with pytest.raises(ValueError, match="export.lightning=True: expected False with "
-                                       "export.format='npz'"):
+  with pytest.raises(
+      ValueError, match="export.lightning=True: expected False with export.format='npz'"
+  ):
     _export(imported, tmp_path / "t.npz", format="npz", lightning=True)
 
   def disk_full(*args, **kwargs):
@@ -133,28 +145,38 @@ def test_a_reference_run_continues_here_and_goes_back(tmp_path, reference_networ
   from absl import flags  # pylint: disable=import-outside-toplevel
   from mirl_jax import restore, train  # pylint: disable=import-outside-toplevel
   from reference_width_config import get_config  # pylint: disable=import-outside-toplevel
+
   flags.FLAGS.mark_as_parsed()
   config = get_config()
   torch.manual_seed(0)
-  net = reference_network.PromptIR(decoder=True, num_blocks=[1, 1, 1, 1],
-                                   num_refinement_blocks=1)
+  net = reference_network.PromptIR(decoder=True, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
   theta_0 = {k: v.numpy().copy() for k, v in net.state_dict().items()}
   torch.save(net.state_dict(), tmp_path / "initial_state_dict.pth")
   # A reference checkpoint after one pruned round: trained, pruned by its rule, unused
   # convs pruned too but never trained.
   rng = np.random.default_rng(0)
-  trained = {k: v + (0 if k.split(".")[0] in convert.UNUSED else
-                     rng.normal(0, 0.01, v.shape).astype(np.float32))
-             for k, v in theta_0.items()}
+  trained = {
+      k: v
+      + (
+          0
+          if k.split(".")[0] in convert.UNUSED
+          else rng.normal(0, 0.01, v.shape).astype(np.float32)
+      )
+      for k, v in theta_0.items()
+  }
   masks = _reference_rule(trained)
-  ckpt = {k: torch.from_numpy(np.where(masks[k], v, 0) if k in masks else v)
-          for k, v in trained.items()}
+  ckpt = {
+      k: torch.from_numpy(np.where(masks[k], v, 0) if k in masks else v) for k, v in trained.items()
+  }
   torch.save({"state_dict": {"net." + k: v for k, v in ckpt.items()}}, tmp_path / "mirl.ckpt")
 
   workdir = tmp_path / "run"
-  convert.import_checkpoint(str(tmp_path / "mirl.ckpt"), str(workdir),
-                            models.PromptIR(**config.model),
-                            str(tmp_path / "initial_state_dict.pth"))
+  convert.import_checkpoint(
+      str(tmp_path / "mirl.ckpt"),
+      str(workdir),
+      models.PromptIR(**config.model),
+      str(tmp_path / "initial_state_dict.pth"),
+  )
   train.train_and_evaluate(config, str(workdir))
   assert checkpointing.ticket_indices(str(workdir)) == [0, 1, 2]
 

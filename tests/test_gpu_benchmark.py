@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow  # a whole run of the script, eight children: abou
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_reference  # pylint: disable=wrong-import-position
+
 BLOCKED = ("grain", "tensorflow_datasets", "tensorboard", "tensorflow", "ml_collections")
 SITECUSTOMIZE = f'''
 import sys
@@ -44,8 +45,12 @@ class _Hiding:
 
 sys.meta_path[:] = [_Hiding(f) for f in sys.meta_path]
 '''
-ROWS = ("forward 1x3x32x32, fp32", "forward 1x3x32x32, bf16",
-        "train step 2x3x32x32, fp32", "train step 2x3x32x32, bf16")
+ROWS = (
+    "forward 1x3x32x32, fp32",
+    "forward 1x3x32x32, bf16",
+    "train step 2x3x32x32, fp32",
+    "train step 2x3x32x32, bf16",
+)
 
 
 def _positive(value) -> bool:
@@ -57,16 +62,29 @@ def test_smoke_runs_with_only_the_gpu_machines_packages(tmp_path):
   site.mkdir()
   (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
-  blocked = subprocess.run([sys.executable, "-c", "import grain"], env=env, cwd=ROOT,
-                           capture_output=True, text=True, check=False)
+  blocked = subprocess.run(
+      [sys.executable, "-c", "import grain"],
+      env=env,
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   assert "No module named 'grain'" in blocked.stderr, "the import blocker is not in effect"
 
   missing = bench_reference.available()
   out = tmp_path / "gpu.json"
   cmd = [sys.executable, "benchmarks/gpu.py", "--smoke", "--out", str(out)]
   start = time.perf_counter()
-  run = subprocess.run(cmd + (["--no-reference"] if missing else []), env=env, cwd=ROOT,
-                       capture_output=True, text=True, check=False, timeout=600)
+  run = subprocess.run(
+      cmd + (["--no-reference"] if missing else []),
+      env=env,
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      check=False,
+      timeout=600,
+  )
   wall_s = time.perf_counter() - start
   assert run.returncode == 0, f"exit code {run.returncode}\n{run.stdout}\n{run.stderr[-4000:]}"
 

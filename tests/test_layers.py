@@ -12,9 +12,14 @@ from mirl_jax import layers
 def _grouped_conv(x, kernel):
   """The reference form: a grouped (depthwise) 3x3 convolution, padding 1."""
   return jax.lax.conv_general_dilated(
-      x, kernel[:, :, None, :], (1, 1), ((1, 1), (1, 1)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
-      precision="highest")
+      x,
+      kernel[:, :, None, :],
+      (1, 1),
+      ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=x.shape[-1],
+      precision="highest",
+  )
 
 
 def _autodiff_form(x, kernel):
@@ -24,8 +29,10 @@ def _autodiff_form(x, kernel):
 
 def _inputs(seed=0, shape=(2, 9, 7, 5)):
   rng = np.random.default_rng(seed)
-  return (jnp.asarray(rng.standard_normal(shape), jnp.float32),
-          jnp.asarray(rng.standard_normal((3, 3, shape[-1])), jnp.float32))
+  return (
+      jnp.asarray(rng.standard_normal(shape), jnp.float32),
+      jnp.asarray(rng.standard_normal((3, 3, shape[-1])), jnp.float32),
+  )
 
 
 def _relative(a, b):
@@ -34,8 +41,7 @@ def _relative(a, b):
 
 def test_depthwise_equals_pytorchs_grouped_conv():
   x, kernel = _inputs()
-  np.testing.assert_allclose(layers.depthwise3x3(x, kernel), _grouped_conv(x, kernel),
-                             atol=1e-5)
+  np.testing.assert_allclose(layers.depthwise3x3(x, kernel), _grouped_conv(x, kernel), atol=1e-5)
 
 
 @pytest.mark.parametrize("emptied", [False, True])
@@ -59,14 +65,25 @@ def test_depthwise_module_keeps_nn_conv_kernel_layout_and_computes_in_its_dtype(
   module = layers.Depthwise3x3(5)
   params = module.init(jax.random.key(0), x)["params"]
   assert params["kernel"].shape == (3, 3, 1, 5) and params["kernel"].dtype == jnp.float32
-  grouped = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=5, use_bias=False,
-                    precision="highest")
-  np.testing.assert_allclose(module.apply({"params": params}, x),
-                             grouped.apply({"params": params}, x), atol=1e-5)
+  grouped = nn.Conv(
+      5,
+      (3, 3),
+      padding=((1, 1), (1, 1)),
+      feature_group_count=5,
+      use_bias=False,
+      precision="highest",
+  )
+  np.testing.assert_allclose(
+      module.apply({"params": params}, x), grouped.apply({"params": params}, x), atol=1e-5
+  )
   out = layers.Depthwise3x3(5, dtype=jnp.bfloat16).apply({"params": params}, x)
   assert out.dtype == jnp.bfloat16
-  grads = jax.grad(lambda p: layers.Depthwise3x3(5, dtype=jnp.bfloat16).apply(
-      {"params": p}, x).astype(jnp.float32).sum())(params)
+  grads = jax.grad(
+      lambda p: layers.Depthwise3x3(5, dtype=jnp.bfloat16)
+      .apply({"params": p}, x)
+      .astype(jnp.float32)
+      .sum()
+  )(params)
   assert grads["kernel"].dtype == jnp.float32
 
 
@@ -76,8 +93,9 @@ def test_pointwise_equals_a_1x1_nn_conv():
   params = module.init(jax.random.key(0), x)["params"]
   assert params["kernel"].shape == (1, 1, 7, 3)
   conv = nn.Conv(3, (1, 1), use_bias=False, precision="highest")
-  np.testing.assert_allclose(module.apply({"params": params}, x),
-                             conv.apply({"params": params}, x), atol=1e-6)
+  np.testing.assert_allclose(
+      module.apply({"params": params}, x), conv.apply({"params": params}, x), atol=1e-6
+  )
   grad = lambda m: jax.grad(lambda p: jnp.sum(m.apply({"params": p}, x) ** 2))(params)
   assert _relative(grad(module)["kernel"], grad(conv)["kernel"]) <= 1e-5
 
@@ -90,12 +108,10 @@ def test_pointwise_gradients_equal_autodiffs(features, emptied):
   kernel = jnp.asarray(np.random.default_rng(6).standard_normal((7, features)), jnp.float32)
   if emptied:
     x, kernel = x.at[..., 1].set(0.0), kernel.at[:, 2].set(0.0).at[1].set(0.0)
-  weights = jnp.asarray(np.random.default_rng(7).standard_normal((2, 6, 4, features)),
-                        jnp.float32)
+  weights = jnp.asarray(np.random.default_rng(7).standard_normal((2, 6, 4, features)), jnp.float32)
   loss = lambda f: lambda x, k: jnp.sum(jnp.tanh(f(x, k)) * weights)
   ours = jax.grad(loss(layers.pointwise), argnums=(0, 1))(x, kernel)
-  auto = jax.grad(loss(lambda x, k: jnp.dot(x, k, precision="highest")), argnums=(0, 1))(
-      x, kernel)
+  auto = jax.grad(loss(lambda x, k: jnp.dot(x, k, precision="highest")), argnums=(0, 1))(x, kernel)
   for got, want in zip(ours, auto):
     assert got.shape == want.shape and _relative(got, want) <= 1e-5
 
@@ -103,8 +119,12 @@ def test_pointwise_gradients_equal_autodiffs(features, emptied):
 def test_pointwise_in_bfloat16_returns_float32_kernel_gradients():
   x, _ = _inputs(8, (2, 4, 4, 6))
   params = layers.Pointwise(5).init(jax.random.key(0), x)["params"]
-  grads = jax.grad(lambda p: layers.Pointwise(5, dtype=jnp.bfloat16).apply(
-      {"params": p}, x).astype(jnp.float32).sum())(params)
+  grads = jax.grad(
+      lambda p: layers.Pointwise(5, dtype=jnp.bfloat16)
+      .apply({"params": p}, x)
+      .astype(jnp.float32)
+      .sum()
+  )(params)
   assert grads["kernel"].dtype == jnp.float32
   want = jnp.broadcast_to(x.reshape(-1, 6).sum(0)[:, None], (6, 5))
   assert _relative(grads["kernel"][0, 0], want) <= 2e-2  # bf16 inputs

@@ -5,12 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import TINY
 from mirl_jax import convert, lottery, masks as masks_lib, sparsity
 from mirl_jax.models import PromptIR, TransformerBlock, param_shapes
-
-TINY = PromptIR(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1),
-                prompt_dims=(8, 8, 8), prompt_sizes=(8, 4, 2), noise_level_heads=1)
-
 
 # `reference` (the fixture's arrays) and `reference_ticket` ((params, masks) of
 # its state_dict) come from conftest.py.
@@ -20,16 +17,17 @@ def _expected(arrays, prefix, torch_masks):
   out = {}
   for name, got in torch_masks.items():
     packed = arrays[prefix + name]
-    out[name] = np.unpackbits(packed)[:got.size].reshape(got.shape).astype(bool)
+    out[name] = np.unpackbits(packed)[: got.size].reshape(got.shape).astype(bool)
   return out
 
 
-@pytest.mark.parametrize("scope,prefix", [("global", "next_global_mask/"),
-                                          ("layerwise", "next_layerwise_mask/")])
+@pytest.mark.parametrize(
+    "scope,prefix", [("global", "next_global_mask/"), ("layerwise", "next_layerwise_mask/")]
+)
 def test_prune_matches_reference_bit_for_bit(reference, reference_ticket, scope, prefix):
   (params, masks), arrays = reference_ticket, reference
   new = convert.params_to_torch(lottery.prune(params, masks, 20, scope))
-  assert set(new) == {k[len(prefix):] for k in arrays if k.startswith(prefix)}
+  assert set(new) == {k[len(prefix) :] for k in arrays if k.startswith(prefix)}
   expected = _expected(arrays, prefix, new)
   wrong = {k: int((new[k] != expected[k]).sum()) for k in new if (new[k] != expected[k]).any()}
   assert not wrong, f"{scope} masks differ from the reference: {wrong}"
@@ -66,18 +64,29 @@ def test_the_reference_pool_counts_the_unused_convs(reference_state_dict, refere
     default = convert.params_to_torch(lottery.prune(params, reference_ticket[1], 20))
     assert any(not np.array_equal(default[k], want[k]) for k in default)  # the pool matters
     # "Retrain" the survivors; the unused convs keep their theta_0 values, masked.
-    params = jax.tree.map(lambda p, m: p if m is None else np.where(
-        m, p + rng.normal(0, 0.01, p.shape).astype(np.float32), 0), params, masks,
-                          is_leaf=lambda x: x is None)
-    state = {**convert.params_to_torch(params), **convert.params_to_torch(
-        lottery.rewind(unused, unused_masks, unused))}
+    params = jax.tree.map(
+        lambda p, m: p
+        if m is None
+        else np.where(m, p + rng.normal(0, 0.01, p.shape).astype(np.float32), 0),
+        params,
+        masks,
+        is_leaf=lambda x: x is None,
+    )
+    state = {
+        **convert.params_to_torch(params),
+        **convert.params_to_torch(lottery.rewind(unused, unused_masks, unused)),
+    }
 
 
 def test_prune_removes_a_fifth_of_survivors_and_never_revives():
   rng = np.random.default_rng(0)
-  params = {"a": {"kernel": rng.normal(size=(50, 40)).astype(np.float32),
-                  "bias": np.ones(40, np.float32)},
-            "output": {"kernel": rng.normal(size=(3, 3, 4, 3)).astype(np.float32)}}
+  params = {
+      "a": {
+          "kernel": rng.normal(size=(50, 40)).astype(np.float32),
+          "bias": np.ones(40, np.float32),
+      },
+      "output": {"kernel": rng.normal(size=(3, 3, 4, 3)).astype(np.float32)},
+  }
   masks = masks_lib.dense_masks(params)
   masks["a"]["kernel"][:10] = False  # already pruned rows must stay pruned
   before = masks["a"]["kernel"].copy()
@@ -115,8 +124,12 @@ def test_rewind_variants():
   flat = jax.tree_util.tree_flatten_with_path(paper)[0]
   checked = set()
   for (path, p), o, t, i, m in zip(
-      flat, jax.tree.leaves(official), jax.tree.leaves(trained), jax.tree.leaves(init),
-      jax.tree.leaves(masks, is_leaf=lambda x: x is None)):
+      flat,
+      jax.tree.leaves(official),
+      jax.tree.leaves(trained),
+      jax.tree.leaves(init),
+      jax.tree.leaves(masks, is_leaf=lambda x: x is None),
+  ):
     leaf = masks_lib.path_name(path).rsplit("/", 1)[-1]
     checked.add(leaf)
     expected = np.where(m, i, 0) if m is not None else i
@@ -153,17 +166,28 @@ def _alive(masks) -> int:
 
 def test_one_shot_and_random_masks_keep_exactly_the_asked_survivors():
   rng = np.random.default_rng(0)
-  params = {"conv": {"kernel": rng.normal(size=(3, 3, 4, 5)).astype(np.float32),
-                     "bias": np.zeros(5, np.float32)},
-            "norm": {"scale": rng.normal(size=7).astype(np.float32)}}
+  params = {
+      "conv": {
+          "kernel": rng.normal(size=(3, 3, 4, 5)).astype(np.float32),
+          "bias": np.zeros(5, np.float32),
+      },
+      "norm": {"scale": rng.normal(size=7).astype(np.float32)},
+  }
   total = 3 * 3 * 4 * 5 + 7
-  magnitudes = np.sort(np.abs(np.concatenate([params["conv"]["kernel"].ravel(),
-                                              params["norm"]["scale"]])))
+  magnitudes = np.sort(
+      np.abs(np.concatenate([params["conv"]["kernel"].ravel(), params["norm"]["scale"]]))
+  )
   for alive in (1, 10, 99, 150, total):
     masks = lottery.one_shot_masks(params, alive)
     assert masks["conv"]["bias"] is None and _alive(masks) == alive
-    kept = np.abs(np.concatenate([params["conv"]["kernel"][masks["conv"]["kernel"]],
-                                  params["norm"]["scale"][masks["norm"]["scale"]]]))
-    np.testing.assert_array_equal(np.sort(kept), magnitudes[total - alive:])  # the largest
+    kept = np.abs(
+        np.concatenate(
+            [
+                params["conv"]["kernel"][masks["conv"]["kernel"]],
+                params["norm"]["scale"][masks["norm"]["scale"]],
+            ]
+        )
+    )
+    np.testing.assert_array_equal(np.sort(kept), magnitudes[total - alive :])  # the largest
     masks = lottery.random_masks(masks_lib.dense_masks(params), alive, rng)
     assert masks["conv"]["bias"] is None and _alive(masks) == alive

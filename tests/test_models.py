@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import TINY, TINY_MODEL_KWARGS
 from mirl_jax import masks as masks_lib
 from mirl_jax import models
 
@@ -12,9 +13,17 @@ from mirl_jax import models
 # float32 reference, the full network's error is 0.0032 on average and 0.02 at most.
 BF16_MEAN_ERROR, BF16_MAX_ERROR = 2**-7, 0.05
 
-TINY = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
-            heads=(1, 2, 2, 2), prompt_dims=(8, 8, 16), prompt_sizes=(8, 4, 2),
-            noise_level_heads=2)
+# The tiny network made wider for the tests of its init and shapes: several heads per
+# level and after the prompts, unequal prompt dims and sizes, and kernels of >= 200
+# weights, whose init statistics _check_pytorch_init tests.
+MULTI_HEAD = dict(
+    TINY_MODEL_KWARGS,
+    dim=8,
+    heads=(1, 2, 2, 2),
+    prompt_dims=(8, 8, 16),
+    prompt_sizes=(8, 4, 2),
+    noise_level_heads=2,
+)
 
 
 def test_reference_outputs_through_jit(reference, reference_ticket):
@@ -31,8 +40,7 @@ def test_default_parameter_counts():
   shapes = models.param_shapes(models.PromptIR())
   sizes = jax.tree_util.tree_flatten_with_path(shapes)[0]
   assert sum(int(np.prod(s.shape)) for _, s in sizes) == 35_376_967
-  assert sum(int(np.prod(s.shape)) for p, s in sizes
-             if masks_lib.is_prunable(p)) == 32_983_768
+  assert sum(int(np.prod(s.shape)) for p, s in sizes if masks_lib.is_prunable(p)) == 32_983_768
 
 
 def _check_pytorch_init(params):
@@ -60,7 +68,7 @@ def _check_pytorch_init(params):
 
 
 def test_init_params_follows_pytorch_and_is_reproducible():
-  model = models.PromptIR(**TINY)
+  model = models.PromptIR(**MULTI_HEAD)
   params = models.init_params(model, jax.random.key(3))
   _check_pytorch_init(params)
   again = models.init_params(model, jax.random.key(3))
@@ -75,8 +83,11 @@ def test_init_params_follows_pytorch_and_is_reproducible():
 def test_module_initialisers_follow_pytorch():
   """Flax's own init (`PromptIR().init`) draws from the same distributions."""
   x = jnp.zeros((1, 16, 16, 16))
-  for module in (models.TransformerBlock(16, 2, 2.66),
-                 models.PromptBlock(8, 5, 8, 16), models.conv(32, 3)):
+  for module in (
+      models.TransformerBlock(16, 2, 2.66),
+      models.PromptBlock(8, 5, 8, 16),
+      models.conv(32, 3),
+  ):
     _check_pytorch_init(jax.jit(module.init)(jax.random.key(0), x)["params"])
 
 
@@ -108,11 +119,13 @@ def test_layer_norm_is_per_pixel_with_eps_1e5():
 
 def _torch_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
   """PyTorch's bilinear rule (align_corners=False), one (H, W) plane."""
+
   def axis(n_in, n_out):
     src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
     lo = np.minimum(np.floor(src).astype(int), n_in - 1)
     hi = np.minimum(lo + 1, n_in - 1)
     return lo, hi, src - lo
+
   ly, hy, fy = axis(x.shape[0], out_h)
   lx, hx, fx = axis(x.shape[1], out_w)
   top = x[ly][:, lx] * (1 - fx) + x[ly][:, hx] * fx
@@ -131,7 +144,7 @@ def test_prompt_resize_is_pytorch_bilinear_without_antialiasing(out_hw):
 
 
 def test_tiny_variant_runs_and_rejects_bad_shapes():
-  model = models.PromptIR(**TINY)
+  model = models.PromptIR(**MULTI_HEAD)
   x = jnp.full((2, 32, 24, 3), 0.5)
   params = models.init_params(model, jax.random.key(0))
   assert jax.jit(model.apply)({"params": params}, x).shape == x.shape
@@ -147,8 +160,8 @@ def test_normalized_gram_has_pytorchs_value_and_gradients_at_zero():
   k[0, :, 1, 2] *= 1e-14  # below eps
   weights = rng.standard_normal((2, 2, 3, 3)).astype(np.float32)
   value, grads = jax.value_and_grad(
-      lambda q, k: jnp.sum(models.normalized_gram(q, k) * weights), argnums=(0, 1))(
-          jnp.asarray(q), jnp.asarray(k))
+      lambda q, k: jnp.sum(models.normalized_gram(q, k) * weights), argnums=(0, 1)
+  )(jnp.asarray(q), jnp.asarray(k))
   tq, tk = (torch.tensor(a, requires_grad=True) for a in (q, k))
   normalize = lambda t: torch.nn.functional.normalize(t, dim=1, eps=1e-12)
   t_gram = torch.einsum("bnhc,bnhd->bhcd", normalize(tq), normalize(tk))
@@ -160,9 +173,7 @@ def test_normalized_gram_has_pytorchs_value_and_gradients_at_zero():
 
 
 def test_a_channel_pruned_to_nothing_keeps_gradients_finite():
-  model = models.PromptIR(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
-                          heads=(1, 1, 1, 1), prompt_dims=(8, 8, 8), prompt_sizes=(4, 4, 4),
-                          noise_level_heads=1)
+  model = TINY
   params = models.init_params(model, jax.random.key(0))
   params["encoder_level1_0"]["attn"]["qkv"]["kernel"][..., 0] = 0  # query channel 0 emptied
   x = jnp.asarray(np.random.default_rng(0).random((1, 16, 16, 3), np.float32))
@@ -171,15 +182,18 @@ def test_a_channel_pruned_to_nothing_keeps_gradients_finite():
 
 
 def test_scanned_blocks_compute_what_unrolled_blocks_do():
-  config = dict(TINY, num_blocks=(2, 3, 1, 2), heads=(1, 1, 1, 1), noise_level_heads=1)
-  scanned, unrolled = models.PromptIR(**config), models.PromptIR(**config, scan_blocks=False)
+  config = dict(TINY_MODEL_KWARGS, num_blocks=(2, 3, 1, 2))
+  scanned = models.PromptIR(**config)
+  unrolled = models.PromptIR(**dict(config, scan_blocks=False))
   params = models.init_params(scanned, jax.random.key(1))
   assert jax.tree.structure(params) == jax.tree.structure(
-      models.init_params(unrolled, jax.random.key(1)))  # the same per-block names
+      models.init_params(unrolled, jax.random.key(1))
+  )  # the same per-block names
   x = jnp.asarray(np.random.default_rng(1).random((2, 16, 24, 3), np.float32))
 
   def loss(model):
     return lambda p: jnp.mean(jnp.abs(model.apply({"params": p}, x) - x))
+
   (a, ga), (b, gb) = (jax.value_and_grad(loss(m))(params) for m in (scanned, unrolled))
   assert abs(float(a) - float(b)) <= 1e-6
   for got, want in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
@@ -188,15 +202,15 @@ def test_scanned_blocks_compute_what_unrolled_blocks_do():
 
 @pytest.mark.parametrize("scan_blocks", [True, False])
 def test_remat_changes_memory_not_gradients(scan_blocks):
-  config = dict(TINY, num_blocks=(2, 1, 1, 2), heads=(1, 1, 1, 1), noise_level_heads=1,
-                scan_blocks=scan_blocks)
-  kept, rematted = models.PromptIR(**config, remat="none"), models.PromptIR(**config)
-  assert rematted.remat == "blocks"  # the default
+  config = dict(TINY_MODEL_KWARGS, num_blocks=(2, 1, 1, 2), scan_blocks=scan_blocks)
+  kept, rematted = models.PromptIR(**dict(config, remat="none")), models.PromptIR(**config)
+  assert rematted.remat == "blocks"  # the tiny config's, as the default
   params = models.init_params(kept, jax.random.key(2))
   x = jnp.asarray(np.random.default_rng(2).random((2, 16, 16, 3), np.float32))
 
   def loss(model):
     return lambda p: jnp.mean(jnp.abs(model.apply({"params": p}, x) - x))
+
   (a, ga), (b, gb) = (jax.jit(jax.value_and_grad(loss(m)))(params) for m in (kept, rematted))
   assert abs(float(a) - float(b)) <= 1e-6
   for got, want in zip(jax.tree.leaves(gb), jax.tree.leaves(ga)):

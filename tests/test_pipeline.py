@@ -13,24 +13,33 @@ from mirl_jax import demo_data, images, pipeline
 SETS = list(demo_data.DEMO_TRAIN_SETS)
 
 
-@pytest.fixture(scope='module', autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def parsed_flags():
   if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags.
     flags.FLAGS.mark_as_parsed()
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp('demo')
-  demo_data.build_demo(root / 'manual', root / 'data')
-  return str(root / 'data')
+  root = tmp_path_factory.mktemp("demo")
+  demo_data.build_demo(root / "manual", root / "data")
+  return str(root / "data")
 
 
 def make_config(data_dir, **overrides):
-  config = ml_collections.ConfigDict(dict(
-      data_dir=data_dir, train_sets=SETS, test_sets=list(demo_data.DEMO_TEST_SETS),
-      batch_size=4, patch_size=64, sigmas=[15, 25, 50],
-      repeats={'denoise': 3, 'derain': 120, 'dehaze': 1}, worker_count=0, read_threads=2))
+  config = ml_collections.ConfigDict(
+      dict(
+          data_dir=data_dir,
+          train_sets=SETS,
+          test_sets=list(demo_data.DEMO_TEST_SETS),
+          batch_size=4,
+          patch_size=64,
+          sigmas=[15, 25, 50],
+          repeats={"denoise": 3, "derain": 120, "dehaze": 1},
+          worker_count=0,
+          read_threads=2,
+      )
+  )
   config.update(overrides)
   return config
 
@@ -48,7 +57,9 @@ def assert_same_batches(left, right):
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-# ------------------------------------------------------------------------------ pure helpers
+# ----------------------------------------------------------------------------
+# Pure helpers.
+
 
 def test_crop_to_multiple_drops_floor_half_at_top_left():
   image = np.arange(37 * 50).reshape(37, 50)
@@ -75,18 +86,18 @@ def test_add_noise_matches_reference_formula():
 
 
 def _patcher(records, size=64):
-  return pipeline._MakePatch((records,), ('derain',), size)
+  return pipeline._MakePatch((records,), ("derain",), size)
 
 
 def test_patch_is_aligned_and_never_identity():
   rng = np.random.default_rng(0)
   clean = rng.integers(0, 200, (64, 64, 3), dtype=np.uint8)
-  make = _patcher([{'clean': images.encode_ppm(clean), 'degraded': images.encode_ppm(clean + 7)}])
+  make = _patcher([{"clean": images.encode_ppm(clean), "degraded": images.encode_ppm(clean + 7)}])
   seen = set()
   for seed in range(200):
     out = make(np.array([0, 0, 0]), np.random.default_rng(seed))
-    np.testing.assert_allclose(out['degraded'] - out['clean'], 7 / 255, atol=1e-6)
-    patch = np.rint(out['clean'] * 255).astype(np.uint8)
+    np.testing.assert_allclose(out["degraded"] - out["clean"], 7 / 255, atol=1e-6)
+    patch = np.rint(out["clean"] * 255).astype(np.uint8)
     codes = [c for c in range(8) if np.array_equal(pipeline.dihedral(clean, c), patch)]
     seen.update(codes)
   assert seen == set(range(1, 8))  # The 7 non-identity transforms, as the reference draws.
@@ -94,10 +105,10 @@ def test_patch_is_aligned_and_never_identity():
 
 def test_small_images_are_reflect_padded():
   clean = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
-  record = {'clean': images.encode_ppm(clean), 'degraded': images.encode_ppm(clean)}
+  record = {"clean": images.encode_ppm(clean), "degraded": images.encode_ppm(clean)}
   out = _patcher([record])(np.array([0, 0, 0]), np.random.default_rng(0))
-  assert out['clean'].shape == (64, 64, 3)
-  values = {tuple(p) for p in np.rint(out['clean'] * 255).astype(np.uint8).reshape(-1, 3)}
+  assert out["clean"].shape == (64, 64, 3)
+  values = {tuple(p) for p in np.rint(out["clean"] * 255).astype(np.uint8).reshape(-1, 3)}
   assert values <= {tuple(p) for p in clean.reshape(-1, 3)}  # Only existing pixels.
 
 
@@ -108,7 +119,9 @@ def test_epoch_lookup_reshuffles_whole_epochs():
   assert len(set(first)) == 8 and len(set(second)) == 8 and first != second
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------
+# Training.
+
 
 def test_mixture_follows_repeat_factors(data_dir):
   rows = pipeline.mixture(make_config(data_dir))
@@ -126,22 +139,22 @@ def test_batches_have_expected_layout(data_dir):
   batches, iterator = take(train, 30)
   iterator.close()
   for batch in batches:
-    assert batch['degraded'].shape == batch['clean'].shape == (4, 64, 64, 3)
-    assert batch['degraded'].dtype == batch['clean'].dtype == np.float32
-    assert batch['task_id'].dtype == np.int32 and batch['task_id'].shape == (4,)
-    assert 0 <= batch['clean'].min() and batch['clean'].max() <= 1
-  task_ids = np.concatenate([b['task_id'] for b in batches])
-  sigmas = np.concatenate([b['sigma'] for b in batches])
+    assert batch["degraded"].shape == batch["clean"].shape == (4, 64, 64, 3)
+    assert batch["degraded"].dtype == batch["clean"].dtype == np.float32
+    assert batch["task_id"].dtype == np.int32 and batch["task_id"].shape == (4,)
+    assert 0 <= batch["clean"].min() and batch["clean"].max() <= 1
+  task_ids = np.concatenate([b["task_id"] for b in batches])
+  sigmas = np.concatenate([b["sigma"] for b in batches])
   assert set(task_ids) >= {0, 1} and set(task_ids) <= {0, 1, 2}
   assert np.all((task_ids == 0) == (sigmas > 0))
   for batch in batches:
-    for i in np.flatnonzero(batch['sigma']):
-      residual = (batch['degraded'][i] - batch['clean'][i]) * 255
-      assert abs(residual.std() - batch['sigma'][i]) < 0.35 * batch['sigma'][i]
+    for i in np.flatnonzero(batch["sigma"]):
+      residual = (batch["degraded"][i] - batch["clean"][i]) * 255
+      assert abs(residual.std() - batch["sigma"][i]) < 0.35 * batch["sigma"][i]
 
 
 def test_num_epochs_bounds_the_stream(data_dir):
-  config = make_config(data_dir, batch_size=8, repeats={'denoise': 1, 'derain': 1, 'dehaze': 1})
+  config = make_config(data_dir, batch_size=8, repeats={"denoise": 1, "derain": 1, "dehaze": 1})
   assert pipeline.steps_per_epoch(config, shard_count=1) == (30 + 10 + 10) // 8
   train = pipeline.train_data(config, seed=0, shard_index=0, shard_count=1, num_epochs=2)
   assert train.steps_per_epoch == 6
@@ -154,21 +167,25 @@ def test_same_seed_same_batches_other_seed_differs(data_dir):
   again, it2 = take(pipeline.train_data(config, seed=5, shard_index=0, shard_count=1), 3)
   other, it3 = take(pipeline.train_data(config, seed=6, shard_index=0, shard_count=1), 1)
   assert_same_batches(first, again)
-  assert not np.array_equal(first[0]['clean'], other[0]['clean'])
+  assert not np.array_equal(first[0]["clean"], other[0]["clean"])
   for it in (it1, it2, it3):
     it.close()
 
 
 def test_shards_split_the_global_stream(data_dir):
-  whole, it = take(pipeline.train_data(make_config(data_dir, batch_size=8), seed=1,
-                                       shard_index=0, shard_count=1), 1)
+  whole, it = take(
+      pipeline.train_data(
+          make_config(data_dir, batch_size=8), seed=1, shard_index=0, shard_count=1
+      ),
+      1,
+  )
   it.close()
   half = make_config(data_dir, batch_size=4)
   for index in (0, 1):
     part, it = take(pipeline.train_data(half, seed=1, shard_index=index, shard_count=2), 1)
     it.close()
-    np.testing.assert_array_equal(part[0]['clean'], whole[0]['clean'][index::2])
-  with pytest.raises(ValueError, match='shard_index'):
+    np.testing.assert_array_equal(part[0]["clean"], whole[0]["clean"][index::2])
+  with pytest.raises(ValueError, match="shard_index"):
     pipeline.train_data(half, seed=1, shard_index=2, shard_count=2)
 
 
@@ -176,8 +193,9 @@ def test_workers_give_the_same_batches_and_resume(data_dir, tmp_path):
   config = make_config(data_dir)
   reference, it = take(pipeline.train_data(config, seed=2, shard_index=0, shard_count=1), 6)
   it.close()
-  workers = pipeline.train_data(make_config(data_dir, worker_count=2), seed=2,
-                                shard_index=0, shard_count=1)
+  workers = pipeline.train_data(
+      make_config(data_dir, worker_count=2), seed=2, shard_index=0, shard_count=1
+  )
   head, iterator = take(workers, 3)
   assert_same_batches(head, reference[:3])
   state = iterator.get_state()
@@ -194,13 +212,13 @@ def test_workers_give_the_same_batches_and_resume(data_dir, tmp_path):
 def test_orbax_checkpoint_restores_the_iterator(data_dir, tmp_path):
   train = pipeline.train_data(make_config(data_dir), seed=3, shard_index=0, shard_count=1)
   _, iterator = take(train, 2)
-  with ocp.CheckpointManager(tmp_path / 'ckpt', item_names=('data',)) as manager:
+  with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",)) as manager:
     manager.save(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
     manager.wait_until_finished()
   expected, _ = take(train, 2, iterator)
   iterator.close()
   fresh = train.iterator()
-  with ocp.CheckpointManager(tmp_path / 'ckpt', item_names=('data',)) as manager:
+  with ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",)) as manager:
     manager.restore(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
   got, _ = take(train, 2, fresh)
   fresh.close()
@@ -208,22 +226,30 @@ def test_orbax_checkpoint_restores_the_iterator(data_dir, tmp_path):
 
 
 def test_bad_training_configs(data_dir, tmp_path):
-  with pytest.raises(ValueError, match='fewer than one global batch'):
-    pipeline.train_data(make_config(data_dir, batch_size=5000), seed=0, shard_index=0,
-                        shard_count=1)
-  with pytest.raises(ValueError, match='train_sets is empty'):
+  with pytest.raises(ValueError, match="fewer than one global batch"):
+    pipeline.train_data(
+        make_config(data_dir, batch_size=5000), seed=0, shard_index=0, shard_count=1
+    )
+  with pytest.raises(ValueError, match="train_sets is empty"):
     pipeline.mixture(make_config(data_dir, train_sets=[]), sizes=[])
-  with pytest.raises(FileNotFoundError, match='not prepared'):
+  with pytest.raises(FileNotFoundError, match="not prepared"):
     pipeline.train_data(make_config(str(tmp_path)), seed=0, shard_index=0, shard_count=1)
 
 
-# --------------------------------------------------------------------------- evaluation
+# ----------------------------------------------------------------------------
+# Evaluation.
+
 
 def test_eval_sets_cover_tasks_and_sigmas(data_dir):
   sets = pipeline.eval_sets(make_config(data_dir))
-  assert [s.degradation for s in sets] == ['denoise_15', 'denoise_25', 'denoise_50',
-                                           'derain', 'dehaze']
-  assert [s.dataset for s in sets] == ['DemoClean'] * 3 + ['DemoRain', 'DemoHaze']
+  assert [s.degradation for s in sets] == [
+      "denoise_15",
+      "denoise_25",
+      "denoise_50",
+      "derain",
+      "dehaze",
+  ]
+  assert [s.dataset for s in sets] == ["DemoClean"] * 3 + ["DemoRain", "DemoHaze"]
 
 
 def test_eval_examples_whole_cropped_images_with_fixed_noise(data_dir):
@@ -233,28 +259,30 @@ def test_eval_examples_whole_cropped_images_with_fixed_noise(data_dir):
     examples = list(pipeline.eval_dataset(config, eval_set))
     assert len(examples) == pipeline.eval_size(config, eval_set) == 2
     for example in examples:
-      _, h, w, c = example['degraded'].shape
-      assert example['clean'].shape == (1, h, w, c) and c == 3
+      _, h, w, c = example["degraded"].shape
+      assert example["clean"].shape == (1, h, w, c) and c == 3
       assert h % 16 == 0 and w % 16 == 0 and max(h, w) == 256
-      assert example['degradation'] == eval_set.degradation
-      assert example['dataset'] == eval_set.dataset and example['sigma'] == eval_set.sigma
-      assert isinstance(example['name'], str)
-  noisy = list(pipeline.eval_dataset(config, by_name['denoise_25'], seed=0))
-  again = list(pipeline.eval_dataset(config, by_name['denoise_25'], seed=0))
-  other = list(pipeline.eval_dataset(config, by_name['denoise_25'], seed=1))
-  np.testing.assert_array_equal(noisy[0]['degraded'], again[0]['degraded'])
-  assert not np.array_equal(noisy[0]['degraded'], other[0]['degraded'])
-  residual = (noisy[0]['degraded'] - noisy[0]['clean']) * 255
+      assert example["degradation"] == eval_set.degradation
+      assert example["dataset"] == eval_set.dataset and example["sigma"] == eval_set.sigma
+      assert isinstance(example["name"], str)
+  noisy = list(pipeline.eval_dataset(config, by_name["denoise_25"], seed=0))
+  again = list(pipeline.eval_dataset(config, by_name["denoise_25"], seed=0))
+  other = list(pipeline.eval_dataset(config, by_name["denoise_25"], seed=1))
+  np.testing.assert_array_equal(noisy[0]["degraded"], again[0]["degraded"])
+  assert not np.array_equal(noisy[0]["degraded"], other[0]["degraded"])
+  residual = (noisy[0]["degraded"] - noisy[0]["clean"]) * 255
   assert 18 < residual.std() < 27
-  rain = next(iter(pipeline.eval_dataset(config, by_name['derain'])))
-  assert not np.array_equal(rain['degraded'], rain['clean'])
+  rain = next(iter(pipeline.eval_dataset(config, by_name["derain"])))
+  assert not np.array_equal(rain["degraded"], rain["clean"])
 
 
 def test_the_batch_is_global_and_splits_over_devices_and_processes(monkeypatch):
   monkeypatch.setattr(jax, "device_count", lambda: 8)
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   assert pipeline.per_process_batch(16) == 8
-  with pytest.raises(ValueError, match=r"config.data.batch_size=12 is the global batch .* "
-                                       r"all 8 devices \(2 process\(es\)\): use a multiple of 8"):
+  with pytest.raises(
+      ValueError,
+      match=r"config.data.batch_size=12 is the global batch .* "
+      r"all 8 devices \(2 process\(es\)\): use a multiple of 8",
+  ):
     pipeline.per_process_batch(12)
-

@@ -48,8 +48,7 @@ def test_a_feed_forward_step_is_timed_and_sized_by_kind():
   assert set(kinds) == set(profile_step.KINDS)
   for kind in ("1x1 conv (matmul)", "depthwise 3x3 conv"):  # GELU may fuse into either
     assert kinds[kind]["seconds"] > 0 and kinds[kind]["kernels"] > 0, kind
-  assert all(o["kind"] in profile_step.KINDS and o["seconds"] >= 0
-             for o in result["slowest_ops"])
+  assert all(o["kind"] in profile_step.KINDS and o["seconds"] >= 0 for o in result["slowest_ops"])
   assert sum(k["peak_bytes"] for k in kinds.values()) > 0
   assert kinds["attention matmuls"]["kernels"] == 0  # there is no attention here
   text = profile_step.table(dict(result, title=result["name"]))

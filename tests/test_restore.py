@@ -9,6 +9,7 @@ import png
 import pytest
 from PIL import ExifTags, Image, ImageCms, PngImagePlugin
 
+from conftest import TINY
 from mirl_jax import models
 from mirl_jax import restore
 
@@ -19,6 +20,7 @@ def _recording(fn):
   def forward(x):
     shapes.append(x.shape)
     return fn(x)
+
   return forward, shapes
 
 
@@ -34,15 +36,14 @@ def test_tiles_share_one_shape_and_blend_seamlessly():
   image = np.random.default_rng(1).random((100, 70, 3)).astype(np.float32)
   forward, shapes = _recording(lambda x: 0.5 * x + 0.25)
   out = restore.restore_array(forward, image, tile=32, overlap=8)
-  assert set(shapes) == {(1, 32, 32, 3)} and len(shapes) == 4 * 3  # 104 and 72 padded rows and columns
+  assert (
+      set(shapes) == {(1, 32, 32, 3)} and len(shapes) == 4 * 3
+  )  # 104 and 72 padded rows and columns
   np.testing.assert_allclose(out, 0.5 * image + 0.25, atol=1e-6)
 
 
 def test_tiling_covers_every_pixel_with_a_real_network():
-  model = models.PromptIR(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1,
-                          heads=(1, 1, 1, 1), prompt_dims=(8, 8, 8),
-                          prompt_sizes=(4, 4, 4), noise_level_heads=1)
-  forward = restore.make_forward(model, models.init_params(model, jax.random.key(0)))
+  forward = restore.make_forward(TINY, models.init_params(TINY, jax.random.key(0)))
   image = np.random.default_rng(2).random((72, 40, 3)).astype(np.float32)
   whole = restore.restore_array(forward, image, tile=512)
   tiled = restore.restore_array(forward, image, tile=32, overlap=8)
@@ -62,11 +63,16 @@ def _write_odd_images(folder):
   folder.mkdir()
   Image.fromarray((rng.random((21, 30)) * 255).astype(np.uint8), "L").save(folder / "gray.png")
   Image.fromarray((rng.random((16, 17, 4)) * 255).astype(np.uint8), "RGBA").save(
-      folder / "rgba.png")
+      folder / "rgba.png"
+  )
   Image.fromarray((rng.random((12, 19)) * 65535).astype(np.uint16)).save(folder / "deep.png")
   Image.fromarray((rng.random((33, 9, 3)) * 255).astype(np.uint8)).save(folder / "photo.jpg")
-  return {"gray.png": ((21, 30), "L"), "rgba.png": ((16, 17), "RGBA"),
-          "deep.png": ((12, 19), "I;16"), "photo.jpg": ((33, 9), "RGB")}
+  return {
+      "gray.png": ((21, 30), "L"),
+      "rgba.png": ((16, 17), "RGBA"),
+      "deep.png": ((12, 19), "I;16"),
+      "photo.jpg": ((33, 9), "RGB"),
+  }
 
 
 def _restore(inputs, out, forward=lambda x: x, **kwargs):
@@ -107,8 +113,11 @@ def test_bad_inputs_stop_before_any_output(tmp_path):
     restore.plan_outputs([str(tmp_path / "in" / "gray.png"), str(tmp_path / "other")], str(out))
   (tmp_path / "other" / "photo.png").write_bytes((tmp_path / "in" / "gray.png").read_bytes())
   with pytest.raises(ValueError, match=r"share the output name.*photo\.png"):
-    restore.plan_outputs([str(tmp_path / "in" / "photo.jpg"),
-                          str(tmp_path / "other" / "photo.png")], str(out), fmt="png")
+    restore.plan_outputs(
+        [str(tmp_path / "in" / "photo.jpg"), str(tmp_path / "other" / "photo.png")],
+        str(out),
+        fmt="png",
+    )
   with pytest.raises(ValueError, match="format 'tiff' unknown"):
     restore.plan_outputs([str(tmp_path / "other")], str(out), fmt="tiff")
   with pytest.raises(ValueError, match="multiples of 8"):
@@ -118,20 +127,30 @@ def test_bad_inputs_stop_before_any_output(tmp_path):
 
 def test_a_file_named_twice_is_restored_once(tmp_path):
   _write_odd_images(tmp_path / "in")
-  jobs = restore.plan_outputs([str(tmp_path / "in" / "gray.png"), str(tmp_path / "in")],
-                              str(tmp_path / "out"))
+  jobs = restore.plan_outputs(
+      [str(tmp_path / "in" / "gray.png"), str(tmp_path / "in")], str(tmp_path / "out")
+  )
   assert sorted(j.target.name for j in jobs) == ["deep.png", "gray.png", "photo.jpg", "rgba.png"]
 
 
-# --------------------------------------------------------------- never overwrite a user's file
+# ----------------------------------------------------------------------------
+# Never overwrite a user's file.
+
 
 def _refusals(tmp_path, monkeypatch):
   """(inputs, output_dir) pairs where the output folder is, or holds, an input."""
   monkeypatch.chdir(tmp_path)
   os.symlink(tmp_path / "in", tmp_path / "link")
-  return [(["in"], "in"), (["in"], "./in"), (["./in/"], str(tmp_path / "in")),
-          (["link"], "in"), (["in"], "link"), (["in"], "in/../in"),
-          (["in/gray.png"], "in"), (["in/photo.jpg", "in/rgba.png"], "link")]
+  return [
+      (["in"], "in"),
+      (["in"], "./in"),
+      (["./in/"], str(tmp_path / "in")),
+      (["link"], "in"),
+      (["in"], "link"),
+      (["in"], "in/../in"),
+      (["in/gray.png"], "in"),
+      (["in/photo.jpg", "in/rgba.png"], "link"),
+  ]
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -139,8 +158,10 @@ def test_output_folder_that_is_or_holds_an_input_is_refused(tmp_path, monkeypatc
   _write_odd_images(tmp_path / "in")
   before = _snapshot(tmp_path / "in")
   for inputs, out in _refusals(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="(is the input folder|holds the input file).*"
-                                         "--config.restore.output_dir"):
+    with pytest.raises(
+        ValueError,
+        match="(is the input folder|holds the input file).*--config.restore.output_dir",
+    ):
       restore.plan_outputs(inputs, out, overwrite=overwrite)
   assert _snapshot(tmp_path / "in") == before
   assert sorted(os.listdir(tmp_path)) == ["in", "link"]
@@ -186,7 +207,9 @@ def test_planning_creates_nothing(tmp_path):
   assert {j.target.parent for j in jobs} == {out} and not (tmp_path / "deep").exists()
 
 
-# ------------------------------------------------------------------ images kept as they came
+# ----------------------------------------------------------------------------
+# Images kept as they came.
+
 
 def test_grey_stays_grey(tmp_path):
   (tmp_path / "in").mkdir()
@@ -230,7 +253,8 @@ def _png16(path, pixels, greyscale, alpha=False):
   height, width = pixels.shape[:2]
   with open(path, "wb") as f:
     png.Writer(width, height, greyscale=greyscale, alpha=alpha, bitdepth=16).write(
-        f, pixels.reshape(height, -1))
+        f, pixels.reshape(height, -1)
+    )
 
 
 @pytest.mark.parametrize("planes", [1, 3, 4])
@@ -267,7 +291,7 @@ def test_jpeg_comes_back_as_a_close_jpeg_of_similar_size(tmp_path):
     assert image.format == "JPEG" and image.mode == "RGB"
     got = np.asarray(image, np.float64)
   source = np.asarray(Image.open(tmp_path / "in" / "p.jpeg"), np.float64)
-  psnr = 10 * np.log10(255 ** 2 / np.mean((got - source) ** 2))
+  psnr = 10 * np.log10(255**2 / np.mean((got - source) ** 2))
   assert psnr > 40, psnr
   assert written.stat().st_size <= 1.5 * (tmp_path / "in" / "p.jpeg").stat().st_size
   (as_png,) = _restore([tmp_path / "in"], tmp_path / "png", fmt="png")
@@ -280,8 +304,9 @@ def test_webp_comes_back_as_webp(tmp_path, lossless):
   (tmp_path / "in").mkdir()
   pixels = np.concatenate([_photo(40, 56), np.full((40, 56, 1), 200, np.uint8)], -1)
   pixels[:5, :5, 3] = 0
-  Image.fromarray(pixels).save(tmp_path / "in" / "w.webp", lossless=lossless, exact=True,
-                               quality=95)
+  Image.fromarray(pixels).save(
+      tmp_path / "in" / "w.webp", lossless=lossless, exact=True, quality=95
+  )
   (written,) = _restore([tmp_path / "in"], tmp_path / "out")
   assert written.name == "w.webp"
   got = np.asarray(Image.open(written))
@@ -295,8 +320,7 @@ def test_formats_that_cannot_hold_the_image_are_refused(tmp_path):
   for name, what in [("rgba.png", "alpha"), ("deep.png", "16 bits")]:
     with pytest.raises(ValueError, match=f"{name}: has .*{what}.*format=png"):
       restore.plan_outputs([str(tmp_path / "in" / name)], str(tmp_path / "out"), fmt="jpg")
-  jobs = restore.plan_outputs([str(tmp_path / "in" / "gray.png")], str(tmp_path / "out"),
-                              fmt="jpg")
+  jobs = restore.plan_outputs([str(tmp_path / "in" / "gray.png")], str(tmp_path / "out"), fmt="jpg")
   assert [(j.target.name, j.format) for j in jobs] == [("gray.jpg", "JPEG")]
   assert not (tmp_path / "out").exists()
 
@@ -308,8 +332,9 @@ def test_orientation_is_applied_and_no_metadata_is_carried(tmp_path):
   exif[0x013B] = "Jane Doe"  # Artist
   exif[ExifTags.IFD.GPSInfo] = {1: "N", 2: (52.0, 31.0, 0.0)}
   icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-  Image.fromarray(_photo(40, 64)).save(tmp_path / "in" / "r.jpg", quality=95, exif=exif,
-                                       icc_profile=icc)
+  Image.fromarray(_photo(40, 64)).save(
+      tmp_path / "in" / "r.jpg", quality=95, exif=exif, icc_profile=icc
+  )
   text = PngImagePlugin.PngInfo()
   text.add_text("Comment", "Jane Doe was here")
   Image.fromarray(_photo(8, 16)).save(tmp_path / "in" / "t.png", pnginfo=text, exif=exif)
@@ -323,7 +348,9 @@ def test_orientation_is_applied_and_no_metadata_is_carried(tmp_path):
         assert not getattr(image, "text", {}), path
 
 
-# ------------------------------------------------------------------------------------ progress
+# ----------------------------------------------------------------------------
+# Progress.
+
 
 def test_progress_bars_go_to_stderr_and_can_be_silenced(tmp_path, capfd):
   (tmp_path / "in").mkdir()

@@ -7,8 +7,9 @@ import pytest
 
 from mirl_jax import schedule
 
-SCHEDULES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / \
-    "schedule_reference.npz"
+SCHEDULES = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "schedule_reference.npz"
+)
 
 
 @pytest.mark.parametrize("warmup,epochs", [(15, 120), (3, 10)])

@@ -1,15 +1,20 @@
 """A whole (tiny) IMP run, and one interrupted mid-round that resumes to the same end."""
 
 import json
+import struct
+import time
 
 import jax
 import numpy as np
 import pytest
 from absl import flags
+from PIL import Image
 
 from mirl_jax import checkpointing
+from mirl_jax import masks as masks_lib
 from mirl_jax import train
 from tiny_config import get_config as _config
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
@@ -32,16 +37,105 @@ def test_a_run_leaves_tickets_reports_and_logs(finished):
   summary = json.loads((finished / "summary.json").read_text())
   assert [e["round"] for e in summary] == [0, 1]
   for entry in summary:
-    assert set(entry["results"]) == {"denoise_15/DemoClean", "denoise_25/DemoClean",
-                                     "denoise_50/DemoClean", "derain/DemoRain",
-                                     "dehaze/DemoHaze"}
+    assert set(entry["results"]) == {
+        "denoise_15/DemoClean",
+        "denoise_25/DemoClean",
+        "denoise_50/DemoClean",
+        "derain/DemoRain",
+        "dehaze/DemoHaze",
+    }
     for metrics in entry["results"].values():
       assert set(metrics) == {"psnr", "ssim", "input_psnr", "input_ssim"}
       assert all(np.isfinite(v) for v in metrics.values())
-  for name in ("psnr_vs_remaining.png", "samples_round_01.png", "eval/round_01.md",
-               "sparsity/round_01.txt"):
-    assert (finished / name).stat().st_size > 0, name
-  assert list((finished / "tensorboard").iterdir())
+  _assert_reports(finished, summary, masks_lib.count(params1, masks1))
+
+
+def _image(path) -> np.ndarray:
+  with Image.open(path) as image:
+    assert image.mode in ("RGB", "RGBA"), (path, image.mode)
+    pixels = np.asarray(image.convert("RGB"))
+  assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 2, path  # not blank: drawn on
+  return pixels
+
+
+def _tensorboard_scalars(folder) -> dict:
+  """{tag: {step: value}} from tensorboardX's event files (TFRecords of Event protos)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+
+  scalars = {}
+  for path in sorted(folder.rglob("events.out.tfevents.*")):
+    data, offset = path.read_bytes(), 0
+    while offset + 12 <= len(data):  # length (8 bytes), its CRC (4), the event, its CRC (4)
+      (length,) = struct.unpack("<Q", data[offset : offset + 8])
+      if offset + 16 + length > len(data):
+        break  # still being written
+      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+  return scalars
+
+
+def _assert_reports(workdir, summary, counts):
+  """What round 1 left for a reader: the plot, the samples, its tables and scalars."""
+  plot = _image(workdir / "psnr_vs_remaining.png")
+  assert plot.shape == (495, 770, 3)  # 7 x 4.5 inches at 110 dpi
+  samples = _image(workdir / "samples_round_01.png")
+  assert samples.shape[0] == len(summary[1]["results"]) * (128 + 4)  # a row per test set
+  assert samples.shape[1] >= 3 * 128  # degraded | restored | clean
+
+  # The evaluation table: a row per test set, the numbers of summary.json.
+  lines = (workdir / "eval" / "round_01.md").read_text().splitlines()
+  assert lines[0] == "# Evaluation: round_01"
+  rows = {tuple(c.strip() for c in line.strip("|").split("|")) for line in lines[4:]}
+  for name, m in summary[1]["results"].items():
+    degradation, dataset = name.split("/")
+    assert any(
+        row[:2] == (degradation, dataset)
+        and row[3:]
+        == (
+            f"{m['psnr']:.2f}",
+            f"{m['ssim']:.4f}",
+            f"{m['input_psnr']:.2f}",
+            f"{m['input_ssim']:.4f}",
+        )
+        for row in rows
+    ), (name, rows)
+  assert len(rows) == len(summary[1]["results"]) + 1  # and the average
+
+  # The sparsity table's total row: the ticket's counts.
+  total = (workdir / "sparsity" / "round_01.txt").read_text().splitlines()[-1]
+  alive = counts["params"] - counts["prunable"] + counts["alive"]
+  assert total.replace(",", "").split() == [
+      "total",
+      str(counts["params"]),
+      str(counts["prunable"]),
+      str(alive),
+      f"{100 * counts['remaining']:.2f}%",
+      f"{counts['params'] / alive:.2f}x",
+  ]
+
+  # TensorBoard: the loss of every logged step, each round's remaining weights and PSNRs.
+  want = {
+      f"eval/{name}/{k}": {e["round"] for e in summary}
+      for name in summary[0]["results"]
+      for k in ("psnr", "ssim")
+  }
+  deadline = time.monotonic() + 30
+  while True:  # tensorboardX writes from a thread; its flush() does not wait for its queue
+    scalars = _tensorboard_scalars(workdir / "tensorboard")
+    if all(set(scalars.get(tag, ())) == steps for tag, steps in want.items()):
+      break
+    assert time.monotonic() < deadline, {tag: scalars.get(tag) for tag in want}
+    time.sleep(0.5)
+  assert scalars["sparsity/remaining"] == pytest.approx(
+      {e["round"]: e["remaining"] for e in summary}
+  )
+  for name in summary[0]["results"]:
+    assert scalars[f"eval/{name}/psnr"] == pytest.approx(
+        {e["round"]: e["results"][name]["psnr"] for e in summary}
+    )
+  assert len(scalars["train/loss"]) >= 2 and all(np.isfinite(list(scalars["train/loss"].values())))
 
 
 @pytest.mark.slow
@@ -74,6 +168,7 @@ def test_an_interrupted_run_resumes_to_the_same_tickets(finished, tmp_path, monk
 def test_a_demo_round_in_bfloat16_ends_within_0_3_db_of_float32(tmp_path):
   """Mixed precision (bf16 compute, float32 params, optimizer state and loss) trains as well."""
   from configs import demo  # pylint: disable=import-outside-toplevel
+
   flags.FLAGS.mark_as_parsed()
   psnr = {}
   for dtype in ("float32", "bfloat16"):
@@ -102,19 +197,22 @@ def test_a_workdir_from_the_per_device_batch_resumes_at_its_global_batch(monkeyp
   assert not train.config_changes(saved, current, per_device_batch=True)
   current["lottery"]["reference_pool"] = True
   assert train.config_changes(saved, current, per_device_batch=True) == [
-      "lottery.reference_pool: False -> True"]
+      "lottery.reference_pool: False -> True"
+  ]
 
 
 def _perturb(r, params, masks):
   """A stand-in for training: moves every weight, keeps pruned ones at 0."""
   rng = np.random.default_rng(100 + r)
   moved = jax.tree.map(lambda p: p + 0.1 * rng.normal(size=p.shape).astype(np.float32), params)
-  return jax.tree.map(lambda p, m: p if m is None else np.where(m, p, 0), moved, masks,
-                      is_leaf=lambda x: x is None)
+  return jax.tree.map(
+      lambda p, m: p if m is None else np.where(m, p, 0), moved, masks, is_leaf=lambda x: x is None
+  )
 
 
 def _stub_training(monkeypatch, events):
   """Run.train_round and Run.report without data: the loop alone, in order."""
+
   def train_round(self, r, params, masks):
     events.append(("train", r))
     return _perturb(r, params, masks)
@@ -141,14 +239,18 @@ def test_the_loop_prunes_rewinds_trains_saves_and_reports_each_round(tmp_path, m
     if previous is not None:  # masks only shrink, pruned weights stay exactly 0
       assert all(not (m & ~p).any() for m, p in zip(masks, previous))
     previous = masks
-  for p, m in zip(jax.tree.leaves(last.params),
-                  jax.tree.leaves(last.masks, is_leaf=lambda x: x is None)):
+  for p, m in zip(
+      jax.tree.leaves(last.params), jax.tree.leaves(last.masks, is_leaf=lambda x: x is None)
+  ):
     assert m is None or not np.asarray(p)[~m].any()
   # Round 4 started from the survivors of theta_0: its training is the only change.
-  rewound = jax.tree.map(lambda t, m: t if m is None else np.where(m, t, 0), init, last.masks,
-                         is_leaf=lambda x: x is None)
-  for a, b in zip(jax.tree.leaves(last.params), jax.tree.leaves(_perturb(4, rewound,
-                                                                          last.masks))):
+  rewound = jax.tree.map(
+      lambda t, m: t if m is None else np.where(m, t, 0),
+      init,
+      last.masks,
+      is_leaf=lambda x: x is None,
+  )
+  for a, b in zip(jax.tree.leaves(last.params), jax.tree.leaves(_perturb(4, rewound, last.masks))):
     np.testing.assert_array_equal(a, b)
 
   # A run stopped after round 2 and resumed ends with the same tickets.
@@ -159,9 +261,17 @@ def test_the_loop_prunes_rewinds_trains_saves_and_reports_each_round(tmp_path, m
   train.Run(config, str(tmp_path / "resumed"), trainer=object()).train()
   # The stub wrote no summary.json: the resume reports rounds 0-2 first, as it does for a
   # run stopped between a ticket and its reports.
-  assert events == [("report", 0), ("report", 1), ("report", 2),
-                    ("train", 3), ("report", 3), ("train", 4), ("report", 4)]
+  assert events == [
+      ("report", 0),
+      ("report", 1),
+      ("report", 2),
+      ("train", 3),
+      ("report", 3),
+      ("train", 4),
+      ("report", 4),
+  ]
   again = checkpointing.restore_ticket(str(tmp_path / "resumed"), 4)
-  for a, b in zip(jax.tree.leaves((again.params, again.masks)),
-                  jax.tree.leaves((last.params, last.masks))):
+  for a, b in zip(
+      jax.tree.leaves((again.params, again.masks)), jax.tree.leaves((last.params, last.masks))
+  ):
     np.testing.assert_array_equal(a, b)

@@ -78,12 +78,18 @@ def shared(tmp_path_factory):
 
 
 def _run(shared, workdir, *args, fault=None):
-  cmd = [sys.executable, "-c", FAULTY_MAIN, *(fault or ("none", "0")),
-         f"--config={CONFIG}", f"--workdir={workdir}",
-         f"--config.data.manual_dir={shared / 'demo' / 'raw'}",
-         f"--config.data.data_dir={shared / 'demo' / 'tfds'}", *args]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "JAX_COMPILATION_CACHE_DIR": str(shared / "xla")}
+  cmd = [
+      sys.executable,
+      "-c",
+      FAULTY_MAIN,
+      *(fault or ("none", "0")),
+      f"--config={CONFIG}",
+      f"--workdir={workdir}",
+      f"--config.data.manual_dir={shared / 'demo' / 'raw'}",
+      f"--config.data.data_dir={shared / 'demo' / 'tfds'}",
+      *args,
+  ]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(shared / "xla")}
   return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
 
 

@@ -35,8 +35,9 @@ def _fake_init(rng, path, shape):
 
 def _setup(model, seed=0, batch=8, size=16, percent=50.0):
   rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))["params"]
+  shapes = jax.eval_shape(
+      model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  )["params"]
   params = jax.tree_util.tree_map_with_path(lambda p, s: _fake_init(rng, p, s.shape), shapes)
   masks = lottery.prune(params, masks_lib.dense_masks(params), percent)
   params = masks_lib.apply_masks(params, masks)
@@ -45,19 +46,22 @@ def _setup(model, seed=0, batch=8, size=16, percent=50.0):
   return params, masks, x, y
 
 
-def _train(model, params, masks, batches, devices, lr=1e-2, weight_decay=0.5,
-           microbatches=1):
+def _train(model, params, masks, batches, devices, lr=1e-2, weight_decay=0.5, microbatches=1):
   mesh = ts.make_mesh(devices)
-  state = ts.replicate(mesh, ts.create_train_state(
-      model, params, ts.make_optimizer(lr, weight_decay=weight_decay)))
+  state = ts.replicate(
+      mesh, ts.create_train_state(model, params, ts.make_optimizer(lr, weight_decay=weight_decay))
+  )
   step = ts.make_train_step(mesh, microbatches=microbatches)
   return ts.run_steps(step, mesh, state, ts.replicate(mesh, masks), batches, round_index=1)
 
 
 def _assert_pruned_are_zero_and_survivors_moved(before, after, masks):
   moved = 0
-  for path_p, a, m in zip(jax.tree_util.tree_flatten_with_path(before)[0],
-                          jax.tree.leaves(after), jax.tree.leaves(masks, is_leaf=lambda x: x is None)):
+  for path_p, a, m in zip(
+      jax.tree_util.tree_flatten_with_path(before)[0],
+      jax.tree.leaves(after),
+      jax.tree.leaves(masks, is_leaf=lambda x: x is None),
+  ):
     (path, b), a = path_p, np.asarray(a)
     if m is not None:
       m = np.asarray(m)
@@ -114,10 +118,10 @@ def test_non_finite_loss_names_round_and_step(bad_step):
 
 
 def test_four_devices_match_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
-                       timeout=300, check=False)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+      [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300, check=False
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   diff = float(out.stdout.strip().splitlines()[-1])
   assert diff <= 1e-5
@@ -129,13 +133,16 @@ def _four_vs_one() -> float:
   model = Net()
   params, masks, x, y = _setup(model, batch=8)
   rng = np.random.default_rng(1)
-  batches = [(x, y)] + [(rng.random(x.shape, np.float32), rng.random(y.shape, np.float32))
-                        for _ in range(2)]
+  batches = [(x, y)] + [
+      (rng.random(x.shape, np.float32), rng.random(y.shape, np.float32)) for _ in range(2)
+  ]
   four = _train(model, params, masks, batches, jax.devices())
   one = _train(model, params, masks, batches, jax.devices()[:1])
   _assert_pruned_are_zero_and_survivors_moved(params, four.params, masks)
-  return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-             for a, b in zip(jax.tree.leaves(four.params), jax.tree.leaves(one.params)))
+  return max(
+      float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+      for a, b in zip(jax.tree.leaves(four.params), jax.tree.leaves(one.params))
+  )
 
 
 if __name__ == "__main__":

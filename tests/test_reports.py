@@ -1,0 +1,100 @@
+"""summary.json and study.json: one entry per round, replaced when a round is redone, written
+so that a killed run never leaves half a file."""
+
+import json
+import os
+
+import pytest
+
+from mirl_jax import reports
+
+COUNTS = dict(params=200, prunable=150, alive=120, nonzero=170, remaining=0.8)
+RESULTS = [
+    dict(
+        task="denoise",
+        degradation="denoise_15",
+        dataset="BSD68",
+        images=68,
+        psnr=33.9,
+        ssim=0.93,
+        input_psnr=24.6,
+        input_ssim=0.55,
+    ),
+    dict(
+        task="derain",
+        degradation="derain",
+        dataset="Rain100L",
+        images=100,
+        psnr=36.4,
+        ssim=0.97,
+        input_psnr=26.9,
+        input_ssim=0.84,
+    ),
+]
+
+
+def _entry(r, psnr=30.0):
+  return dict(round=r, remaining=0.8**r, results={"derain/Rain100L": dict(psnr=psnr)})
+
+
+def test_summary_entry_keys_results_by_degradation_and_set():
+  assert reports.summary_entry(1, COUNTS, RESULTS) == dict(
+      round=1,
+      remaining=0.8,
+      nonzero=170,
+      params=200,
+      results={
+          "denoise_15/BSD68": dict(psnr=33.9, ssim=0.93, input_psnr=24.6, input_ssim=0.55),
+          "derain/Rain100L": dict(psnr=36.4, ssim=0.97, input_psnr=26.9, input_ssim=0.84),
+      },
+  )
+  assert json.loads(json.dumps(reports.summary_entry(1, COUNTS, RESULTS))) == (
+      reports.summary_entry(1, COUNTS, RESULTS)
+  )  # survives summary.json as it is
+
+
+def test_update_summary_adds_replaces_and_sorts_by_round(tmp_path):
+  assert reports.read_summary(str(tmp_path)) == []  # a new run has none
+  assert reports.update_summary(str(tmp_path), _entry(1)) == [_entry(1)]
+  assert reports.update_summary(str(tmp_path), _entry(0)) == [_entry(0), _entry(1)]
+  assert reports.update_summary(str(tmp_path), _entry(2)) == [_entry(0), _entry(1), _entry(2)]
+  # A resumed run reports round 1 again: its new entry replaces the old one.
+  want = [_entry(0), _entry(1, psnr=31.5), _entry(2)]
+  assert reports.update_summary(str(tmp_path), _entry(1, psnr=31.5)) == want
+  assert reports.read_summary(str(tmp_path)) == want
+  assert json.loads((tmp_path / reports.SUMMARY).read_text()) == want
+  assert os.listdir(tmp_path) == [reports.SUMMARY]  # no temporary file left behind
+
+
+def test_update_entries_keys_by_any_field(tmp_path):
+  """study.json: one entry per (variant, round)."""
+  path = tmp_path / "study.json"
+  key = lambda e: (e["variant"], e["round"])
+  assert reports.read_entries(path) == []
+  for variant, r, psnr in [
+      ("one_shot", 1, 20.0),
+      ("imp", 2, 21.0),
+      ("imp", 1, 22.0),
+      ("one_shot", 1, 23.0),
+  ]:
+    entries = reports.update_entries(path, dict(variant=variant, round=r, psnr=psnr), key)
+  assert entries == [
+      dict(variant="imp", round=1, psnr=22.0),
+      dict(variant="imp", round=2, psnr=21.0),
+      dict(variant="one_shot", round=1, psnr=23.0),
+  ]
+  assert reports.read_entries(path) == entries
+
+
+def test_a_failed_write_keeps_the_old_summary(tmp_path, monkeypatch):
+  reports.update_summary(str(tmp_path), _entry(0))
+  before = (tmp_path / reports.SUMMARY).read_bytes()
+
+  def disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(os, "replace", disk_full)
+  with pytest.raises(OSError, match="No space left"):
+    reports.update_summary(str(tmp_path), _entry(1))
+  assert (tmp_path / reports.SUMMARY).read_bytes() == before
+  assert os.listdir(tmp_path) == [reports.SUMMARY]
