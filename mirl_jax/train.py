@@ -152,7 +152,7 @@ class Run:
 
   def __init__(self, config, workdir: str, trainer: Trainer | None = None):
     self.config, self.workdir = config, workdir
-    self.model = models.PromptIR(**config.model)
+    self.model = trainer.model if trainer is not None else models.PromptIR(**config.model)
     # Checked before a Trainer reads any data.
     self.theta_0 = _imported_theta_0(workdir, self.model, config.lottery.reference_pool)
     self.trainer = trainer or Trainer(config, workdir)
@@ -202,7 +202,7 @@ class Run:
     """
     trainer, cfg = self.trainer, self.config.train
     steps = trainer.steps_per_round
-    state = train_step.create_train_state(self.model, params, trainer.tx)
+    state = train_step.create_train_state(trainer.model, params, trainer.tx)
     iterator = trainer.round_data(r)
     start = 0
     saved = self.checkpoints.latest_meta()
@@ -233,8 +233,8 @@ class Run:
 
     def after_step(step, state, metrics):
       trained = step + 1  # steps of this round done
-      late = self.config.lottery
-      if r == 0 and late.rewind == "late" and trained == late.late_step:
+      imp = self.config.lottery
+      if r == 0 and imp.rewind == "late" and trained == imp.late_step:
         checkpointing.save_ticket(
             self.workdir,
             0,
