@@ -1,6 +1,7 @@
 """A whole (tiny) IMP run, and one interrupted mid-round that resumes to the same end."""
 
 import json
+import types
 import struct
 import time
 
@@ -11,6 +12,7 @@ from absl import flags
 from PIL import Image
 
 from mirl_jax import checkpointing
+from mirl_jax import models
 from mirl_jax import masks as masks_lib
 from mirl_jax import train
 from tiny_config import get_config as _config
@@ -210,6 +212,11 @@ def _perturb(r, params, masks):
   )
 
 
+def _no_data(config):
+  """A Trainer's stand-in for a stubbed training: the model alone."""
+  return types.SimpleNamespace(model=models.PromptIR(**config.model))
+
+
 def _stub_training(monkeypatch, events):
   """Run.train_round and Run.report without data: the loop alone, in order."""
 
@@ -226,7 +233,7 @@ def test_the_loop_prunes_rewinds_trains_saves_and_reports_each_round(tmp_path, m
   _stub_training(monkeypatch, events)
   config = _config()
   config.lottery.rounds = 4
-  run = train.Run(config, str(tmp_path), trainer=object())  # no data: training is stubbed
+  run = train.Run(config, str(tmp_path), trainer=_no_data(config))  # no data: training is stubbed
   last = run.train()
   assert events == [(kind, r) for r in range(5) for kind in ("train", "report")]
   assert checkpointing.ticket_indices(str(tmp_path)) == [0, 1, 2, 3, 4]
@@ -255,10 +262,10 @@ def test_the_loop_prunes_rewinds_trains_saves_and_reports_each_round(tmp_path, m
 
   # A run stopped after round 2 and resumed ends with the same tickets.
   config.lottery.rounds = 2
-  train.Run(config, str(tmp_path / "resumed"), trainer=object()).train()
+  train.Run(config, str(tmp_path / "resumed"), trainer=_no_data(config)).train()
   config.lottery.rounds = 4
   events.clear()
-  train.Run(config, str(tmp_path / "resumed"), trainer=object()).train()
+  train.Run(config, str(tmp_path / "resumed"), trainer=_no_data(config)).train()
   # The stub wrote no summary.json: the resume reports rounds 0-2 first, as it does for a
   # run stopped between a ticket and its reports.
   assert events == [
