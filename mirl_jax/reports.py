@@ -19,23 +19,32 @@ SUMMARY = "summary.json"
 
 
 class TensorBoard:
-  """Scalars under WORKDIR/tensorboard; a no-op on processes other than 0."""
+  """Scalars under WORKDIR/tensorboard; a no-op on processes other than 0.
+
+  tensorboardX writes from a thread and its own flush() leaves that thread's
+  queue unwritten, so `flush` closes the event file (which drains it) and the
+  next scalars open another one: after a flush, everything is on disk.
+  """
 
   def __init__(self, workdir: str, enabled: bool):
-    self._writer = None
-    if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-
-      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._directory = os.path.join(workdir, "tensorboard") if enabled else None
+    self._writer, self._files = None, 0
 
   def scalars(self, step: int, values: dict) -> None:
-    if self._writer is not None:
-      for name, value in values.items():
-        self._writer.add_scalar(name, float(value), step)
+    if self._directory is None:
+      return
+    if self._writer is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
+      self._files += 1  # files opened within one second must not share a name
+      self._writer = SummaryWriter(self._directory, filename_suffix=f".{os.getpid()}.{self._files}")
+    for name, value in values.items():
+      self._writer.add_scalar(name, float(value), step)
 
   def flush(self) -> None:
     if self._writer is not None:
-      self._writer.flush()
+      self._writer.close()
+      self._writer = None
 
 
 def read_entries(path) -> list[dict]:
