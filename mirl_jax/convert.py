@@ -92,12 +92,17 @@ def _as_numpy(value) -> np.ndarray:
   return np.asarray(value, dtype=np.float32)
 
 
-def _strip(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  """Drop the Lightning prefix (if every key has it) and the unused convs."""
+def _unprefixed(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+  """The Lightning prefix dropped, if every key has it."""
   keys = list(state_dict)
   if keys and all(k.startswith(LIGHTNING_PREFIX) for k in keys):
-    state_dict = {k[len(LIGHTNING_PREFIX) :]: v for k, v in state_dict.items()}
-  return {k: v for k, v in state_dict.items() if k.split(".")[0] not in UNUSED}
+    return {k[len(LIGHTNING_PREFIX) :]: v for k, v in state_dict.items()}
+  return state_dict
+
+
+def _strip(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Drop the Lightning prefix (if every key has it) and the unused convs."""
+  return {k: v for k, v in _unprefixed(state_dict).items() if k.split(".")[0] not in UNUSED}
 
 
 def unused_shapes(model: models.PromptIR) -> dict[str, tuple[int, int]]:
@@ -139,9 +144,7 @@ def unused_from_torch(state_dict: Mapping[str, Any], model: models.PromptIR) -> 
 
   A file with some but not all of them, or of other shapes, raises a ValueError.
   """
-  keys = list(state_dict)
-  if keys and all(k.startswith(LIGHTNING_PREFIX) for k in keys):
-    state_dict = {k[len(LIGHTNING_PREFIX) :]: v for k, v in state_dict.items()}
+  state_dict = _unprefixed(state_dict)
   shapes = unused_shapes(model)
   found = [n for n in shapes if f"{n}.weight" in state_dict]
   if not found:

@@ -57,3 +57,13 @@ def reference_network():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+#: The demo's evaluations ("degradation/test set"): what every demo run reports.
+DEMO_EVALUATIONS = {
+    "denoise_15/DemoClean",
+    "denoise_25/DemoClean",
+    "denoise_50/DemoClean",
+    "derain/DemoRain",
+    "dehaze/DemoHaze",
+}

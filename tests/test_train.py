@@ -10,6 +10,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
+from conftest import DEMO_EVALUATIONS
 from mirl_jax import checkpointing
 from mirl_jax import models
 from mirl_jax import masks as masks_lib
@@ -38,13 +39,7 @@ def test_a_run_leaves_tickets_reports_and_logs(finished):
   summary = json.loads((finished / "summary.json").read_text())
   assert [e["round"] for e in summary] == [0, 1]
   for entry in summary:
-    assert set(entry["results"]) == {
-        "denoise_15/DemoClean",
-        "denoise_25/DemoClean",
-        "denoise_50/DemoClean",
-        "derain/DemoRain",
-        "dehaze/DemoHaze",
-    }
+    assert set(entry["results"]) == DEMO_EVALUATIONS
     for metrics in entry["results"].values():
       assert set(metrics) == {"psnr", "ssim", "input_psnr", "input_ssim"}
       assert all(np.isfinite(v) for v in metrics.values())
