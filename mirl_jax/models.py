@@ -103,19 +103,28 @@ def normalized_gram(
   return gram / (_norm(q, eps)[..., :, None] * _norm(k, eps)[..., None, :])
 
 
-class Attention(nn.Module):
+class _Layer(nn.Module, kw_only=True):
+  """The compute dtype and matmul precision every sub-layer takes from PromptIR; keyword-only,
+  so that each layer's own sizes come first and positionally."""
+
+  dtype: Any = jnp.float32
+  precision: Any = "highest"
+
+  def pointwise(self, features: int, name: str) -> nn.Module:
+    return conv(features, 1, name, self.dtype, self.precision)
+
+
+class Attention(_Layer):
   """MDTA: attention across channels, so its cost is linear in pixels."""
 
   dim: int
   heads: int
-  dtype: Any = jnp.float32
-  precision: Any = "highest"
 
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
     temperature = self.param("temperature", nn.initializers.ones, (self.heads,))
-    qkv = conv(3 * self.dim, 1, "qkv", self.dtype, self.precision)(x)
+    qkv = self.pointwise(3 * self.dim, "qkv")(x)
     qkv = layers.Depthwise3x3(3 * self.dim, dtype=self.dtype, name="qkv_dwconv")(qkv)
     # Heads take contiguous channel groups; keeping pixels first (NHWC)
     # spares XLA two transposes of the largest tensors.
@@ -123,55 +132,51 @@ class Attention(nn.Module):
     attn = normalized_gram(q, k, self.precision) * temperature[:, None, None]
     attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
     out = jnp.einsum("bhcd,bnhd->bnhc", attn, v, precision=self.precision).reshape(b, h, w, c)
-    return conv(self.dim, 1, "project_out", self.dtype, self.precision)(out)
+    return self.pointwise(self.dim, "project_out")(out)
 
 
-class FeedForward(nn.Module):
+class FeedForward(_Layer):
   """Gated depthwise-conv FFN with the exact (erf) GELU."""
 
   dim: int
   expansion: float
-  dtype: Any = jnp.float32
-  precision: Any = "highest"
 
   @nn.compact
   def __call__(self, x):
     hidden = int(self.dim * self.expansion)
-    x = conv(2 * hidden, 1, "project_in", self.dtype, self.precision)(x)
+    x = self.pointwise(2 * hidden, "project_in")(x)
     x = layers.Depthwise3x3(2 * hidden, dtype=self.dtype, name="dwconv")(x)
     x1, x2 = jnp.split(x, 2, axis=-1)
     x = layers.gelu(x1) * x2
-    return conv(self.dim, 1, "project_out", self.dtype, self.precision)(x)
+    return self.pointwise(self.dim, "project_out")(x)
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(_Layer):
   """Pre-norm attention and feed-forward; the residual sum stays float32 whatever the
   compute dtype, so that bfloat16 rounding does not pile up along the blocks."""
 
   dim: int
   heads: int
   expansion: float
-  dtype: Any = jnp.float32
-  precision: Any = "highest"
 
   @nn.compact
   def __call__(self, x):
-    attn = Attention(self.dim, self.heads, self.dtype, self.precision, name="attn")
-    ffn = FeedForward(self.dim, self.expansion, self.dtype, self.precision, name="ffn")
+    attn = Attention(self.dim, self.heads, dtype=self.dtype, precision=self.precision, name="attn")
+    ffn = FeedForward(
+        self.dim, self.expansion, dtype=self.dtype, precision=self.precision, name="ffn"
+    )
     x = x.astype(jnp.float32)
     x = x + attn(layer_norm("norm1", self.dtype)(x)).astype(jnp.float32)
     return x + ffn(layer_norm("norm2", self.dtype)(x)).astype(jnp.float32)
 
 
-class PromptBlock(nn.Module):
+class PromptBlock(_Layer):
   """Mixes learned prompt components by weights predicted from the feature."""
 
   prompt_dim: int
   length: int
   size: int
   lin_dim: int
-  dtype: Any = jnp.float32
-  precision: Any = "highest"
 
   @nn.compact
   def __call__(self, x):
@@ -233,8 +238,9 @@ class PromptIR(nn.Module):
   def _block(self, dim, heads, name=None, remat=None):
     remat = self.remat == "blocks" if remat is None else remat
     cls = nn.remat(TransformerBlock) if remat else TransformerBlock
+    dtype = jnp.dtype(self.dtype)
     return cls(
-        dim, heads, self.ffn_expansion_factor, jnp.dtype(self.dtype), self.precision, name=name
+        dim, heads, self.ffn_expansion_factor, dtype=dtype, precision=self.precision, name=name
     )
 
   def _blocks(self, x, names, dim, heads):
@@ -259,7 +265,13 @@ class PromptIR(nn.Module):
     dtype = jnp.dtype(self.dtype)
     p_dim, p_size = self.prompt_dims[level - 1], self.prompt_sizes[level - 1]
     prompt = PromptBlock(
-        p_dim, self.prompt_length, p_size, lin_dim, dtype, self.precision, name=f"prompt{level}"
+        p_dim,
+        self.prompt_length,
+        p_size,
+        lin_dim,
+        dtype=dtype,
+        precision=self.precision,
+        name=f"prompt{level}",
     )(x)
     x = jnp.concatenate([x, prompt], axis=-1)
     x = self._block(lin_dim + p_dim, self.noise_level_heads, name=f"noise_level{level}")(x)
