@@ -1,16 +1,20 @@
 """A whole (tiny) IMP run, and one interrupted mid-round that resumes to the same end."""
 
+import hashlib
 import json
+import subprocess
+import sys
 import types
 import struct
 
 import jax
+import jaxlib
 import numpy as np
 import pytest
 from absl import flags
 from PIL import Image
 
-from conftest import DEMO_EVALUATIONS
+from conftest import DEMO_EVALUATIONS, ROOT
 from mirl_jax import checkpointing
 from mirl_jax import models
 from mirl_jax import masks as masks_lib
@@ -272,3 +276,43 @@ def test_the_loop_prunes_rewinds_trains_saves_and_reports_each_round(tmp_path, m
       jax.tree.leaves((again.params, again.masks)), jax.tree.leaves((last.params, last.masks))
   ):
     np.testing.assert_array_equal(a, b)
+
+
+def _ticket_digests(workdir) -> dict[str, str]:
+  """sha256 of each ticket's params and masks, every array in path order, with its path."""
+  digests = {}
+  for index in checkpointing.ticket_indices(str(workdir)):
+    ticket = checkpointing.restore_ticket(str(workdir), index)
+    for kind, tree in (("params", ticket.params), ("masks", ticket.masks)):
+      digest = hashlib.sha256()
+      leaves = jax.tree_util.tree_leaves_with_path(tree)
+      for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+        digest.update(f"{index}/{kind}/{jax.tree_util.keystr(path)}".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+      digests[f"{index}/{kind}"] = digest.hexdigest()
+  return digests
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["init", "late"])
+def test_tickets_are_bit_identical_to_those_of_the_loop_before_its_rewrite(tmp_path, variant):
+  """The IMP loop was rewritten (Trainer and Run, no callbacks) to do the same: tickets of the
+  frozen tiny config, rewound to init or late with kept prompts, hashed as the code at aaaba8f
+  made them (tests/data/loop_rewrite_tickets.json: its JAX version beside the hashes)."""
+  recorded = json.loads((ROOT / "tests" / "data" / "loop_rewrite_tickets.json").read_text())
+  config = f"{ROOT / 'tests' / 'frozen_tiny_config.py'}:{variant}"
+  done = subprocess.run(
+      [sys.executable, "-m", "mirl_jax.main", "--config", config, "--workdir", str(tmp_path)],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      timeout=600,
+      check=False,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  got = _ticket_digests(tmp_path)
+  masks = {k: v for k, v in recorded[variant].items() if k.endswith("masks")}
+  assert {k: got[k] for k in masks} == masks
+  if (jax.__version__, jaxlib.__version__) != (recorded["jax"], recorded["jaxlib"]):
+    pytest.skip(f"params recorded with jax {recorded['jax']}; XLA may round otherwise")
+  assert got == recorded[variant]
