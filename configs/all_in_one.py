@@ -90,7 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict(dict(
       seed=0,                          # the fixed noise of the denoising test inputs
       ticket=-1,                       # --mode evaluate: -1 is the latest ticket
-      save_images=False,               # restored PNGs under WORKDIR/eval/<ticket>/
+      save_images=False,               # restored PNGs under WORKDIR/eval/round_RR/
   ))
 
   # --mode import: a PyTorch .ckpt/.pth or an .npz of state-dict arrays.

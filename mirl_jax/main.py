@@ -57,27 +57,30 @@ def run_train(config, workdir: str) -> None:
 
 
 def run_evaluate(config, workdir: str) -> None:
-  from mirl_jax import evaluate, pipeline  # pylint: disable=import-outside-toplevel
+  """The ticket's reports as its round wrote them (same seed, same files), remade on demand."""
+  from mirl_jax import pipeline, reports  # pylint: disable=import-outside-toplevel
 
   model = models.PromptIR(**config.model)
   index = None if config.eval.ticket < 0 else config.eval.ticket
-  params, _, meta = checkpointing.restore_ticket(workdir, index, model=model)
-  index = meta.get(
+  ticket = checkpointing.restore_ticket(workdir, index, model=model)
+  r = ticket.meta.get(
       "round", index if index is not None else max(checkpointing.ticket_indices(workdir))
   )
   data = pipeline.run_data_config(config, workdir)
   pipeline.ensure_demo_data(data)
-  out = os.path.join(workdir, "eval")
-  results = evaluate.evaluate(
-      restore.make_forward(model, params),
-      data,
-      seed=config.eval.seed,
-      output_dir=os.path.join(out, f"ticket_{index:02d}") if config.eval.save_images else None,
-  )
-  print(evaluate.format_table(results))
-  if jax.process_index() == 0:
-    evaluate.write_reports(results, out, stem=f"ticket_{index:02d}")
-    print(f"Reports in {out}/ticket_{index:02d}.md and .json")
+  if jax.process_index() == 0:  # evaluation is local work: one process does it for all
+    images_dir = os.path.join(workdir, "eval", f"round_{r:02d}")
+    reports.report_round(
+        workdir,
+        r,
+        model,
+        ticket.params,
+        ticket.masks,
+        data,
+        config.eval.seed,
+        images_dir=images_dir if config.eval.save_images else None,
+    )
+    print(f"Reports in {workdir}/eval/round_{r:02d}.md and .json")
 
 
 def run_prepare(config, workdir: str) -> None:

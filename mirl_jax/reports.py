@@ -163,19 +163,23 @@ def report_round(
     seed: int,
     tb: "TensorBoard | None" = None,
     progress: bool = True,
+    images_dir: str | None = None,
 ) -> dict:
   """Evaluates ticket r and writes its reports; returns its summary.json entry.
 
   WORKDIR/sparsity/round_RR.txt (per layer), eval/round_RR.md and .json (the
   test sets), summary.json (one entry per round) with psnr_vs_remaining.png,
-  samples_round_RR.png; TensorBoard scalars at step r if `tb` is given.
+  samples_round_RR.png; TensorBoard scalars at step r if `tb` is given; every
+  restored test image under `images_dir` if given.
   """
   # pylint: disable-next=import-outside-toplevel
   from mirl_jax import evaluate, masks as masks_lib, restore, sparsity
 
   counts = masks_lib.count(params, masks)
   forward = restore.make_forward(model, params)
-  results = evaluate.evaluate(forward, data_config, seed=seed, progress=progress)
+  results = evaluate.evaluate(
+      forward, data_config, seed=seed, output_dir=images_dir, progress=progress
+  )
   rows = sparsity.report(params, masks)
   table = Path(workdir) / "sparsity" / f"round_{r:02d}.txt"
   images.write_atomic(table, (sparsity.table(rows) + "\n").encode())

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import types
@@ -48,6 +49,30 @@ def test_a_run_leaves_tickets_reports_and_logs(finished):
       assert set(metrics) == {"psnr", "ssim", "input_psnr", "input_ssim"}
       assert all(np.isfinite(v) for v in metrics.values())
   _assert_reports(finished, summary, masks_lib.count(params1, masks1))
+
+
+@pytest.mark.slow
+def test_evaluate_mode_remakes_a_rounds_reports_as_training_wrote_them(finished, tmp_path):
+  from mirl_jax import main  # pylint: disable=import-outside-toplevel
+
+  workdir = tmp_path / "run"
+  shutil.copytree(finished, workdir)
+  written = ["eval/round_01.md", "eval/round_01.json", "sparsity/round_01.txt"]
+  for name in (*written, "samples_round_01.png", "psnr_vs_remaining.png"):
+    (workdir / name).unlink()
+  config = _config()
+  config.eval.update(dict(ticket=1, save_images=True))
+  main.run_evaluate(config, str(workdir))
+
+  for name in written:
+    assert (workdir / name).read_bytes() == (finished / name).read_bytes(), name
+  _image(workdir / "samples_round_01.png")
+  _image(workdir / "psnr_vs_remaining.png")
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary == json.loads((finished / "summary.json").read_text())
+  restored = sorted((workdir / "eval" / "round_01").rglob("*.png"))
+  tested = json.loads((finished / "eval/round_01.json").read_text())
+  assert len(restored) == sum(e["images"] for e in tested["results"])
 
 
 def _image(path) -> np.ndarray:
