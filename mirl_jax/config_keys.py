@@ -296,7 +296,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "restore.overwrite": _BOOL,
     "restore.format": _one_of(images.OUTPUT_FORMATS),
-    "study.every": _int_at_least(1),
+    "study.seeds": (
+        lambda v: isinstance(v, (tuple, list)) and v and all(_is_int(x) and x >= 0 for x in v),
+        "one or more integers >= 0",
+    ),
+    "study.control_rounds": (
+        lambda v: isinstance(v, (tuple, list)) and v and all(_is_int(x) and x >= 1 for x in v),
+        "one or more pruned rounds (integers >= 1)",
+    ),
 }
 
 

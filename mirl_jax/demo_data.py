@@ -5,7 +5,8 @@ image files laid out as datasets.EXPECTED_TREE, then builds them with the same T
 real data. Denoise sets hold clean images only (the pipeline adds noise); rain is drawn as thin,
 bright, oriented streaks; haze follows the scattering model I = J t + A (1 - t), t = exp(-beta d),
 with the motorcycle's bundled disparity as depth and a smooth random field elsewhere. Train and
-test use different source photographs. Everything is deterministic.
+test use different source photographs; each test photo enters whole and as three crops, so
+that every test set holds 8 images. Everything is deterministic.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from skimage import draw
 
 from mirl_jax import datasets, images
 
-DEMO_VERSION = "2"  # Bump when the generated images change.
+DEMO_VERSION = "3"  # Bump when the generated images change.
 DEMO_TRAIN_SETS = ("denoise/DemoClean", "derain/DemoRain", "dehaze/DemoHaze")
 DEMO_TEST_SETS = ("denoise/DemoClean", "derain/DemoRain", "dehaze/DemoHaze")
 # Colour photographs shipped inside the scikit-image wheel (no download), split by source.
 TRAIN_SOURCES = ("astronaut.png", "coffee.png", "rocket.jpg", "ihc.png", "hubble_deep_field.jpg")
 TEST_SOURCES = ("chelsea.png", "motorcycle_left.png")
-VARIANTS = {"train": 2, "test": 1}  # Degraded variants (different seeds/crops) per source.
+VARIANTS = {"train": 2, "test": 4}  # Degraded variants (different seeds/crops) per source.
 LONG_SIDE = 256
 SPLITS_INDEX = {"train": 0, "test": 1}
 _MARKER = "MIRL_DEMO_VERSION"
@@ -111,7 +112,8 @@ def write_tree(manual_dir: str | os.PathLike, seed: int = 0) -> None:
       depth = disparity_depth() if source == "motorcycle_left.png" else None
       for variant in range(VARIANTS[split]):
         rng = np.random.default_rng([seed, SPLITS_INDEX[split], source_index, variant])
-        rows, cols = _random_crop(photo, rng) if split == "train" else (slice(None),) * 2
+        whole = split == "test" and variant == 0  # the rest of a test photo's variants: crops
+        rows, cols = (slice(None),) * 2 if whole else _random_crop(photo, rng)
         clean = _resize(photo[rows, cols])
         name = f"{Path(source).stem}_{variant}"
         images.write_png(root / split / "denoise" / "DemoClean" / f"{name}.png", clean)

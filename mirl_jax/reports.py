@@ -87,29 +87,41 @@ def summary_entry(round_index: int, counts: dict, results: list[dict]) -> dict:
   )
 
 
-def plot_psnr(workdir: str, entries: list[dict]) -> Path:
-  """PSNR per task and test set against the remaining fraction of prunable weights."""
+def psnr_figure(entries: list[dict]):
+  """PSNR per task and test set against the remaining prunable weights; each one's degraded
+  input as a dashed line of its colour."""
   import matplotlib  # pylint: disable=import-outside-toplevel
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  names = sorted({name for e in entries for name in e["results"]})
-  for name in names:
-    points = [
-        (100 * e["remaining"], e["results"][name]["psnr"]) for e in entries if name in e["results"]
-    ]
-    ax.plot(*zip(*points), marker="o", label=name)
-  ax.set_xscale("log")
-  ax.invert_xaxis()
-  ax.set_xlabel("remaining prunable weights (%)")
+  for name in sorted({name for e in entries for name in e["results"]}):
+    found = [e for e in entries if name in e["results"]]
+    points = [(100 * e["remaining"], e["results"][name]["psnr"]) for e in found]
+    (line,) = ax.plot(*zip(*points), marker="o", label=name)
+    ax.axhline(found[0]["results"][name]["input_psnr"], color=line.get_color(), linestyle="--")
+  ax.plot([], [], color="gray", linestyle="--", label="its degraded input")
+  percent_axis(ax, sorted({100 * e["remaining"] for e in entries}))
   ax.set_ylabel("PSNR (dB)")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  return fig
+
+
+def plot_psnr(workdir: str, entries: list[dict]) -> Path:
   path = Path(workdir) / "psnr_vs_remaining.png"
-  save_figure(fig, path)
+  save_figure(psnr_figure(entries), path)
   return path
+
+
+def percent_axis(ax, percents: list[float]) -> None:
+  """A log x axis of remaining weights, densest left, ticked at `percents` in plain percent."""
+  ax.set_xscale("log")
+  ax.set_xticks(percents, [f"{p:.3g}%" for p in percents], fontsize=8)
+  ax.minorticks_off()
+  ax.invert_xaxis()
+  ax.set_xlabel("remaining prunable weights")
+  ax.grid(True, alpha=0.3)
 
 
 def save_figure(fig, path) -> None:
@@ -123,34 +135,40 @@ def save_figure(fig, path) -> None:
   images.write_atomic(path, buffer.getvalue())
 
 
-def sample_grid(
-    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], height: int = 128
-) -> np.ndarray:
-  """degraded | restored | clean, one row per sample, resized to a common height."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+def sample_figure(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], tile: float = 2.2):
+  """A grid with a row per (label, degraded, restored, clean), titled columns, each tile's
+  PSNR against the clean image under it."""
+  from mirl_jax import metrics  # pylint: disable=import-outside-toplevel
+  import matplotlib  # pylint: disable=import-outside-toplevel
 
-  def fit(image):
-    image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-    h, w = image.shape[:2]
-    width = max(1, round(w * height / h))
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  lines = [np.concatenate([fit(a), fit(b), fit(c)], axis=1) for a, b, c in rows]
-  width = max(line.shape[1] for line in lines)
-  lines = [np.pad(line, ((0, 4), (0, width - line.shape[1]), (0, 0))) for line in lines]
-  return np.concatenate(lines, axis=0)
+  aspect = max(row[1].shape[0] / row[1].shape[1] for row in rows)  # height / width of a tile
+  size = (3 * tile, len(rows) * (tile * aspect + 0.4))  # 0.4 inch a row for its PSNR line
+  fig, axes = plt.subplots(len(rows), 3, figsize=size, squeeze=False)
+  for i, (label, degraded, restored, clean) in enumerate(rows):
+    tiles = {"degraded": degraded, "restored": np.clip(restored, 0.0, 1.0), "clean": clean}
+    for ax, (title, image) in zip(axes[i], tiles.items()):
+      ax.imshow(np.clip(image, 0.0, 1.0))
+      ax.set(xticks=[], yticks=[], title=title if i == 0 else "")
+      if title != "clean":
+        ax.set_xlabel(f"{float(metrics.psnr(image[None], clean[None])[0]):.2f} dB", fontsize=9)
+    axes[i][0].set_ylabel(label, fontsize=9)
+  return fig
 
 
 def write_samples(forward, data_config, seed: int, path: str) -> None:
-  """The first test image of every evaluation, as a degraded/restored/clean grid."""
-  from mirl_jax import images, pipeline  # pylint: disable=import-outside-toplevel
+  """The first test image of every evaluation: degraded, restored and clean, with PSNRs."""
+  from mirl_jax import pipeline  # pylint: disable=import-outside-toplevel
 
   rows = []
   for eval_set in pipeline.eval_sets(data_config):
     example = next(iter(pipeline.eval_dataset(data_config, eval_set, seed=seed)))
     restored = np.asarray(forward(example["degraded"]))[0]
-    rows.append((example["degraded"][0], restored, example["clean"][0]))
-  images.write_png(path, sample_grid(rows))
+    label = f"{eval_set.degradation}\n{eval_set.dataset}"
+    rows.append((label, example["degraded"][0], restored, example["clean"][0]))
+  save_figure(sample_figure(rows), path)
 
 
 def report_round(

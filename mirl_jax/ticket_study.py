@@ -1,32 +1,26 @@
-r"""Is the IMP ticket a winning ticket? The same sparsity reached four ways, trained alike.
+r"""Is the IMP ticket a winning ticket? The same sparsity reached four ways, over several seeds.
 
   python -m mirl_jax.ticket_study --config configs/ticket_study.py --workdir runs/ticket_study
 
-A lottery-ticket claim needs controls. At each sparsity level of an IMP run the
-study trains, with exactly an IMP round's settings (epochs, schedule, and the
-data order of that round, via `train.Run.train_round` and one `train.Trainer`):
+A lottery-ticket claim needs controls, and a difference between them needs more than one
+seed. For each seed in `config.study.seeds` (the init key and the data order of every
+round), the study runs IMP (WORKDIR/seed_S/imp: a normal run, every round reported), then
+at each round in `config.study.control_rounds` trains three controls with exactly that
+round's settings and data order (one `train.Trainer` for everything):
 
-  (a) imp           the method: a normal run in WORKDIR/imp (its tickets and
-                    summary.json give the masks and PSNR of every round);
-  (b) random_init   (a)'s masks, the survivors re-initialised from another seed;
-  (c) random_prune  as many survivors as (a), drawn uniformly over all prunable
-                    weights, rewound to (a)'s init;
-  (d) one_shot      one global magnitude prune of the trained dense round 0
-                    straight to (a)'s survivor count, rewound to (a)'s init.
+  reinit   IMP's masks, the survivors re-initialised from another key;
+  random   as many survivors as IMP, drawn uniformly over the prunable weights, rewound;
+  oneshot  one global magnitude prune of the trained dense round 0 to IMP's survivor
+           count, rewound.
 
-(a) above (b) says its init matters, above (c) that its masks do, above (d)
-that pruning iteratively does. (b)-(d) are trained at every
-`config.study.every`-th pruned round and the last, each in its own folder
-(WORKDIR/<variant>: mid-round checkpoints, one ticket per level and the same
-reports as a run's round, reports.report_round), so a
-preempted study resumes: every finished training is added to WORKDIR/study.json
-at once and skipped on restart. study.md (tables) and study.png (mean PSNR
-against the remaining weights) are written at the end.
+IMP above reinit says its init matters, above random that its masks do, above oneshot that
+pruning iteratively does. Every finished training is added to WORKDIR/study.json at once
+(study_reports.record) and skipped on restart, so a killed study continues where it
+stopped; study.md and study.png summarise it at the end (study_reports).
 """
 
 import os
 import time
-from pathlib import Path
 
 from mirl_jax import runtime  # first: it sets XLA's flags before JAX starts
 
@@ -38,269 +32,115 @@ from ml_collections import config_flags
 
 from mirl_jax import checkpointing
 from mirl_jax import config_keys
-from mirl_jax import images
 from mirl_jax import lottery
 from mirl_jax import masks as masks_lib
 from mirl_jax import reports
+from mirl_jax import study_reports
 from mirl_jax import train
-
-IMP = "imp"
-CONTROLS = ("random_init", "random_prune", "one_shot")
-VARIANTS = (IMP,) + CONTROLS
-LABELS = {
-    IMP: "(a) IMP, rewound to init",
-    "random_init": "(b) IMP masks, random init",
-    "random_prune": "(c) random pruning, rewound",
-    "one_shot": "(d) one-shot, rewound",
-}
-STUDY = "study.json"
+from mirl_jax.study_reports import CONTROLS, DENSE, IMP
 
 
-def run_config(config, workdir: str) -> ml_collections.ConfigDict:
-  """The runs' config: without `study` (the IMP run's resume check would count a new
-  `study.every` as another experiment), its demo data once in WORKDIR/demo."""
+def run_config(config, workdir: str, seed: int) -> ml_collections.ConfigDict:
+  """A run's config: the study's with `seed`, without `study` (a run's resume check would
+  count a changed study setting as another experiment), its demo data once in WORKDIR/demo."""
   config = ml_collections.ConfigDict({k: v for k, v in config.to_dict().items() if k != "study"})
+  config.seed = seed
   if config.data.demo:
     config.data.manual_dir = config.data.manual_dir or os.path.join(workdir, "demo", "raw")
     config.data.data_dir = config.data.data_dir or os.path.join(workdir, "demo", "tfds")
   return config
 
 
-def levels(config) -> list[int]:
-  """The pruned rounds where (b)-(d) are trained: every `every`-th one and the last."""
-  last, every = config.lottery.rounds, config.study.every if "study" in config else 1
-  if last < 1 or every < 1:
-    raise ValueError(f"lottery.rounds={last}, study.every={every}: expected both >= 1")
-  return sorted(set(range(every, last + 1, every)) | {last})
-
-
-# ----------------------------------------------------------------------------
-# study.json: one entry per (variant, round).
-
-
-def study_entry(variant: str, summary: dict, alive: int, seconds: float | None) -> dict:
-  """A summary.json-style entry (reports.summary_entry) with the PSNR means added."""
-  psnr = {name: m["psnr"] for name, m in summary["results"].items()}
-  inputs = {name: m["input_psnr"] for name, m in summary["results"].items()}
-  return dict(
-      variant=variant,
-      round=summary["round"],
-      remaining=summary["remaining"],
-      alive=alive,
-      psnr=psnr,
-      mean_psnr=float(np.mean(list(psnr.values()))),
-      input_psnr=inputs,
-      mean_input_psnr=float(np.mean(list(inputs.values()))),
-      seconds=seconds,
-  )
-
-
-def read_study(workdir: str) -> list[dict]:
-  return reports.read_entries(Path(workdir) / STUDY)
-
-
-def record(workdir: str, entry: dict) -> list[dict]:
-  """Adds or replaces the entry of (variant, round), atomically; returns all entries."""
-  return reports.update_entries(
-      Path(workdir) / STUDY, entry, key=lambda e: (e["round"], VARIANTS.index(e["variant"]))
-  )
-
-
-# ----------------------------------------------------------------------------
-# The study.
+def control_rounds(config) -> list[int]:
+  """The pruned rounds where the controls train, checked against lottery.rounds."""
+  rounds, last = sorted(set(config.study.control_rounds)), config.lottery.rounds
+  if not rounds or rounds[0] < 1 or rounds[-1] > last:
+    raise ValueError(
+        f"study.control_rounds={tuple(config.study.control_rounds)}: expected pruned rounds "
+        f"between 1 and lottery.rounds={last}"
+    )
+  return rounds
 
 
 class Study:
-  """The IMP run, then (b)-(d) at each level, each finished training recorded."""
+  """Per seed: the IMP run, then the controls at each control round, each recorded."""
 
   def __init__(self, config, workdir: str):
-    self.config, self.levels, self.workdir = run_config(config, workdir), levels(config), workdir
+    self.config, self.workdir = config, workdir
+    self.seeds, self.levels = list(config.study.seeds), control_rounds(config)
     os.makedirs(workdir, exist_ok=True)
-    self.trainer = train.Trainer(self.config, workdir)  # one compiled step for every training
-    self.imp = train.Run(self.config, os.path.join(workdir, IMP), self.trainer)
-    self.runs = {}
+    # One compiled step for every training: the seed changes only init and data order.
+    self.trainer = train.Trainer(run_config(config, workdir, self.seeds[0]), workdir)
 
-  def run_for(self, variant: str) -> train.Run:
-    if variant not in self.runs:
-      self.runs[variant] = train.Run(self.config, os.path.join(self.workdir, variant), self.trainer)
-    return self.runs[variant]
+  def run_for(self, seed: int, variant: str) -> train.Run:
+    config = run_config(self.config, self.workdir, seed)
+    return train.Run(config, os.path.join(self.workdir, f"seed_{seed}", variant), self.trainer)
 
-  def start(self, variant: str, r: int, imp_masks, alive: int, round0_params):
-    """(params, masks) a control starts level r from."""
-    if variant == "random_init":
-      fresh = lottery.rewind_target("random", model=self.imp.model, key=self.imp.key)
-      return lottery.rewind(fresh, imp_masks, fresh), imp_masks
-    if variant == "random_prune":
-      masks = lottery.random_masks(imp_masks, alive, np.random.default_rng([self.config.seed, r]))
+  def start(self, imp: train.Run, variant: str, r: int, imp_ticket, dense_params):
+    """(params, masks) a control starts round r from."""
+    alive = masks_lib.count(imp_ticket.params, imp_ticket.masks)["alive"]
+    if variant == "reinit":
+      fresh = lottery.rewind_target("random", model=imp.model, key=imp.key)
+      return lottery.rewind(fresh, imp_ticket.masks, fresh), imp_ticket.masks
+    if variant == "random":
+      rng = np.random.default_rng([imp.config.seed, r])
+      masks = lottery.random_masks(imp_ticket.masks, alive, rng)
     else:
-      masks = lottery.one_shot_masks(round0_params, alive)
-    # Prompts kept trained (config.lottery.keep_trained_prompts) come from round 0.
-    params = lottery.rewind(
-        round0_params,
-        masks,
-        self.imp.rewind_target(),
-        keep_trained=self.config.lottery.keep_trained_prompts,
-    )
-    return params, masks
+      masks = lottery.one_shot_masks(dense_params, alive)
+    keep = self.config.lottery.keep_trained_prompts  # trained prompts come from round 0
+    return lottery.rewind(dense_params, masks, imp.rewind_target(), keep_trained=keep), masks
 
-  def train_control(self, variant: str, r: int, imp_masks, alive: int, round0_params) -> dict:
-    """Trains one control at level r (or takes its ticket) and reports it as a run's round."""
-    run, began = self.run_for(variant), time.time()
+  def train_control(self, imp: train.Run, variant: str, r: int, tickets) -> dict:
+    """Trains one control at round r (or takes its saved ticket) and reports it as a round."""
+    run, began = self.run_for(imp.config.seed, variant), time.time()
     if r in checkpointing.ticket_indices(run.workdir):  # trained, not yet recorded
       params, masks, _ = checkpointing.restore_ticket(run.workdir, r, model=run.model)
     else:
-      params, masks = self.start(variant, r, imp_masks, alive, round0_params)
+      params, masks = self.start(imp, variant, r, tickets[r], tickets[0].params)
       params = run.train_round(r, params, masks)
-      checkpointing.save_ticket(
-          run.workdir,
-          r,
-          params,
-          masks,
-          dict(run.meta, round=r, variant=variant, **masks_lib.count(params, masks)),
-      )
+      run.save_ticket(r, params, masks)
     summary = reports.report_round(
-        run.workdir,
-        r,
-        run.model,
-        params,
-        masks,
-        self.trainer.data,
-        self.config.eval.seed,
+        run.workdir, r, run.model, params, masks, self.trainer.data, self.config.eval.seed,
         progress=False,
-    )
-    return study_entry(
-        variant, summary, masks_lib.count(params, masks)["alive"], time.time() - began
-    )
+    )  # fmt: skip
+    return study_reports.record_of(variant, imp.config.seed, summary, time.time() - began)
+
+  def run_seed(self, seed: int, done: set) -> None:
+    imp = self.run_for(seed, IMP)
+    imp.train()
+    tickets = {}
+    for summary in reports.read_summary(imp.workdir):
+      r = summary["round"]
+      tickets[r] = checkpointing.restore_ticket(imp.workdir, r, model=imp.model)
+      if ((DENSE if r == 0 else IMP), seed, r) not in done:
+        record = study_reports.record_of(DENSE if r == 0 else IMP, seed, summary, None)
+        study_reports.record(self.workdir, record)
+    for r in self.levels:
+      for variant in CONTROLS:
+        if (variant, seed, r) in done:
+          continue
+        entry = self.train_control(imp, variant, r, tickets)
+        records = study_reports.record(self.workdir, entry)
+        lead = study_reports.find(records, IMP, seed, r)["psnr_mean"] - entry["psnr_mean"]
+        print(
+            f"seed {seed}, round {r} ({100 * entry['remaining']:.2f}% remaining): {variant} "
+            f"{entry['psnr_mean']:.2f} dB, IMP ahead by {lead:+.2f} dB ({entry['seconds']:.0f} s)"
+        )
 
   def run(self) -> list[dict]:
     began = time.time()
-    self.imp.train()
-    entries = read_study(self.workdir)
-    tickets = {}
-    for summary in reports.read_summary(self.imp.workdir):
-      r = summary["round"]
-      tickets[r] = checkpointing.restore_ticket(self.imp.workdir, r, model=self.imp.model)
-      entries = record(
-          self.workdir,
-          study_entry(
-              IMP, summary, masks_lib.count(tickets[r].params, tickets[r].masks)["alive"], None
-          ),
-      )
-    recorded = {(e["variant"], e["round"]) for e in entries}
-    for r in self.levels:
-      alive = masks_lib.count(tickets[r].params, tickets[r].masks)["alive"]
-      for variant in CONTROLS:
-        if (variant, r) in recorded:
-          continue
-        entry = self.train_control(variant, r, tickets[r].masks, alive, tickets[0].params)
-        entries = record(self.workdir, entry)
-        print(
-            f"{LABELS[variant]} at {100 * entry['remaining']:.2f}% (round {r}): "
-            f"mean PSNR {entry['mean_psnr']:.2f} dB, IMP "
-            f"{_find(entries, IMP, r)['mean_psnr']:.2f} dB ({entry['seconds']:.0f} s)"
-        )
-    write_markdown(os.path.join(self.workdir, "study.md"), entries, self.config, self.levels)
-    plot(os.path.join(self.workdir, "study.png"), entries)
+    for seed in self.seeds:
+      done = {(e["variant"], e["seed"], e["round"]) for e in study_reports.read(self.workdir)}
+      self.run_seed(seed, done)
+    records = study_reports.read(self.workdir)
+    study_reports.write_markdown(self.workdir, records, self.config)
+    study_reports.plot(self.workdir, records)
     print(
         f"Study done in {time.time() - began:.0f} s this session: {self.workdir}/study.md, "
-        f"study.png, {STUDY}"
+        f"study.png, {study_reports.STUDY}"
     )
-    return entries
+    return records
 
-
-def _find(entries: list[dict], variant: str, r: int) -> dict | None:
-  return next((e for e in entries if e["variant"] == variant and e["round"] == r), None)
-
-
-# ----------------------------------------------------------------------------
-# Reports.
-
-
-def _row(cells) -> str:
-  return "| " + " | ".join(cells) + " |"
-
-
-def _psnr(entry: dict | None, key: str = "mean_psnr") -> str:
-  return "—" if entry is None else f"{entry[key]:.2f}"
-
-
-def write_markdown(path: str, entries: list[dict], config, trained: list[int]) -> None:
-  """Mean PSNR per level and variant, then PSNR per task of every training."""
-  rounds = sorted({e["round"] for e in entries})
-  tasks = list(_find(entries, IMP, rounds[0])["psnr"])
-  lines = [
-      "# Winning-ticket study",
-      "",
-      f"IMP (a) at every round 0..{config.lottery.rounds}; (b)-(d) at rounds "
-      f"{', '.join(map(str, trained))}. Every training: {config.train.epochs} epochs, "
-      f"the data order of its round. PSNR in dB on the test sets, mean of "
-      f"{len(tasks)} evaluations; input = the degraded images. With global IMP, (d) at round 1 "
-      "is IMP's round 1 itself (one prune of the dense net): a check that both train alike.",
-      "",
-      _row(["round", "remaining %", "input"] + [LABELS[v] for v in VARIANTS]),
-      _row(["---:"] * (3 + len(VARIANTS))),
-  ]
-  for r in rounds:
-    found = [_find(entries, v, r) for v in VARIANTS]
-    first = next(e for e in found if e is not None)
-    lines.append(
-        _row(
-            [str(r), f"{100 * first['remaining']:.2f}", _psnr(first, "mean_input_psnr")]
-            + [_psnr(e) for e in found]
-        )
-    )
-  lines += [
-      "",
-      "## Per task",
-      "",
-      _row(["round", "remaining %", "variant"] + tasks + ["mean"]),
-      _row(["---:", "---:", "---"] + ["---:"] * (len(tasks) + 1)),
-  ]
-  imp0 = _find(entries, IMP, rounds[0])
-  lines.append(
-      _row(
-          ["", "", "input"]
-          + [f"{imp0['input_psnr'][t]:.2f}" for t in tasks]
-          + [_psnr(imp0, "mean_input_psnr")]
-      )
-  )
-  for e in entries:
-    lines.append(
-        _row(
-            [str(e["round"]), f"{100 * e['remaining']:.2f}", LABELS[e["variant"]]]
-            + [f"{e['psnr'][t]:.2f}" for t in tasks]
-            + [_psnr(e)]
-        )
-    )
-  images.write_atomic(Path(path), ("\n".join(lines) + "\n").encode())
-
-
-def plot(path: str, entries: list[dict]) -> None:
-  """Mean PSNR against remaining weights (log axis, reversed); input PSNR dashed."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for variant, marker in zip(VARIANTS, "osD^"):
-    points = [(100 * e["remaining"], e["mean_psnr"]) for e in entries if e["variant"] == variant]
-    if points:
-      ax.plot(*zip(*points), marker=marker, markerfacecolor="none", label=LABELS[variant])
-  ax.axhline(entries[0]["mean_input_psnr"], color="gray", linestyle="--", label="input")
-  ax.set_xscale("log")
-  ticks = sorted({100 * e["remaining"] for e in entries})
-  ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks], fontsize=8)
-  ax.minorticks_off()
-  ax.invert_xaxis()
-  ax.set(xlabel="remaining prunable weights (%)", ylabel="mean PSNR (dB)")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8)
-  reports.save_figure(fig, path)
-
-
-# ----------------------------------------------------------------------------
-# The command.
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)

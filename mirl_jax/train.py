@@ -140,10 +140,11 @@ class Trainer:
     self.tx = train_step.make_optimizer(self.lr, weight_decay=cfg.weight_decay)
     self.step_fn = train_step.make_train_step(self.mesh, microbatches=cfg.get("microbatches", 1))
 
-  def round_data(self, r: int):
-    """Round r's data order: the same in a run, its resumption and a study's controls."""
+  def round_data(self, seed: int, r: int):
+    """Round r's data order in a run of `seed`: the same in the run, its resumption and a
+    study's controls (a study trains several seeds with one Trainer)."""
     return pipeline.train_data(
-        self.data, seed=self.config.seed + r, num_epochs=self.config.train.epochs
+        self.data, seed=seed + r, num_epochs=self.config.train.epochs
     ).iterator()
 
 
@@ -203,7 +204,7 @@ class Run:
     trainer, cfg = self.trainer, self.config.train
     steps = trainer.steps_per_round
     state = train_step.create_train_state(trainer.model, params, trainer.tx)
-    iterator = trainer.round_data(r)
+    iterator = trainer.round_data(self.config.seed, r)
     start = 0
     saved = self.checkpoints.latest_meta()
     if saved is not None and saved["round"] == r:

@@ -24,7 +24,7 @@ def test_a_derived_config_keeps_its_base_comments_and_adds_its_own():
   notes = config_keys.comments(ROOT / "configs" / "ticket_study.py")
   assert notes["data.data_dir"] == '"": the demo\'s datasets, inside the workdir'  # demo.py
   assert notes["train.learning_rate"] == "peak learning rate"  # all_in_one.py
-  assert notes["study.every"].startswith("the controls (b)-(d) train")
+  assert notes["study.control_rounds"].startswith("where the controls train")
 
 
 def test_describe_lists_every_key_in_file_order_with_value_and_meaning():

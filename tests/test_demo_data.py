@@ -85,7 +85,7 @@ def test_tree_is_deterministic(tmp_path):
   demo_data.write_tree(tmp_path / "b")
   files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
   files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
-  assert files_a == files_b and len(files_a) == 5 * (5 * 2 + 2 * 1)  # 5 files per image.
+  assert files_a == files_b and len(files_a) == 5 * (5 * 2 + 2 * 4)  # 5 files per image.
   for rel in files_a:
     assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
   clean = images.read_rgb(tmp_path / "a" / "test/denoise/DemoClean/chelsea_0.png")
@@ -104,7 +104,7 @@ def test_build_demo_is_idempotent_and_versioned(demo, monkeypatch):
   demo_data.build_demo(root / "manual", root / "data")  # A new version rewrites and rebuilds.
   assert image.stat().st_mtime_ns != stamp
   assert (root / "data" / demo_data._MARKER).read_text() == "next"
-  assert len(datasets.data_source("test", "denoise/DemoClean", root / "data")) == 2
+  assert len(datasets.data_source("test", "denoise/DemoClean", root / "data")) == 8
 
 
 def test_motorcycle_depth_from_bundled_disparity():
@@ -117,3 +117,17 @@ def test_motorcycle_depth_from_bundled_disparity():
   known = np.isfinite(disparity) & (disparity > 0)
   near, far = np.argmax(np.where(known, disparity, -1)), np.argmin(np.where(known, disparity, 1e9))
   assert depth.flat[near] < depth.flat[far]
+
+
+def test_every_test_set_holds_8_images_each_photo_whole_and_cropped(demo):
+  """Test photos enter whole and as three crops (the bit-identity test of test_train.py shows
+  the training sets unchanged)."""
+  root, _ = demo
+  for spec in demo_data.DEMO_TEST_SETS:
+    names = sorted(r["name"].decode() for r in datasets.data_source("test", spec, root / "data"))
+    assert len(names) == 8 and len(set(names)) == 8, (spec, names)
+  whole = images.read_rgb(root / "manual" / "test" / "denoise" / "DemoClean" / "chelsea_0.png")
+  crop = images.read_rgb(root / "manual" / "test" / "denoise" / "DemoClean" / "chelsea_1.png")
+  photo = images.read_rgb(demo_data._bundled("chelsea.png"))
+  assert whole.shape[0] / whole.shape[1] == pytest.approx(photo.shape[0] / photo.shape[1], 0.01)
+  assert not np.array_equal(whole[: crop.shape[0], : crop.shape[1]], crop)

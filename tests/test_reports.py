@@ -4,6 +4,7 @@ so that a killed run never leaves half a file."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 from mirl_jax import reports
@@ -67,21 +68,21 @@ def test_update_summary_adds_replaces_and_sorts_by_round(tmp_path):
 
 
 def test_update_entries_keys_by_any_field(tmp_path):
-  """study.json: one entry per (variant, round)."""
+  """As study.json: one entry per (variant, round)."""
   path = tmp_path / "study.json"
   key = lambda e: (e["variant"], e["round"])
   assert reports.read_entries(path) == []
   for variant, r, psnr in [
-      ("one_shot", 1, 20.0),
+      ("oneshot", 1, 20.0),
       ("imp", 2, 21.0),
       ("imp", 1, 22.0),
-      ("one_shot", 1, 23.0),
+      ("oneshot", 1, 23.0),
   ]:
     entries = reports.update_entries(path, dict(variant=variant, round=r, psnr=psnr), key)
   assert entries == [
       dict(variant="imp", round=1, psnr=22.0),
       dict(variant="imp", round=2, psnr=21.0),
-      dict(variant="one_shot", round=1, psnr=23.0),
+      dict(variant="oneshot", round=1, psnr=23.0),
   ]
   assert reports.read_entries(path) == entries
 
@@ -98,3 +99,38 @@ def test_a_failed_write_keeps_the_old_summary(tmp_path, monkeypatch):
     reports.update_summary(str(tmp_path), _entry(1))
   assert (tmp_path / reports.SUMMARY).read_bytes() == before
   assert os.listdir(tmp_path) == [reports.SUMMARY]
+
+
+def test_the_psnr_plot_shows_each_sets_input_dashed_and_plain_percent_ticks():
+  entries = [reports.summary_entry(r, dict(COUNTS, remaining=0.8**r), RESULTS) for r in range(3)]
+  fig = reports.psnr_figure(entries)
+  ax = fig.axes[0]
+  curves = {l.get_label(): l for l in ax.get_lines() if l.get_linestyle() == "-"}
+  dashed = [l for l in ax.get_lines() if l.get_linestyle() == "--" and len(l.get_ydata()) == 2]
+  assert set(curves) == {"denoise_15/BSD68", "derain/Rain100L"}
+  levels = {(l.get_color(), l.get_ydata()[0]) for l in dashed}
+  assert levels == {
+      (curves["denoise_15/BSD68"].get_color(), 24.6),
+      (curves["derain/Rain100L"].get_color(), 26.9),
+  }
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["64%", "80%", "100%"]
+  assert ax.get_xlabel() == "remaining prunable weights" and ax.xaxis_inverted()
+
+
+def test_the_sample_grid_names_its_columns_and_rows_and_gives_each_tiles_psnr():
+  rng = np.random.default_rng(0)
+  clean = rng.uniform(0.2, 0.8, (2, 16, 24, 3)).astype(np.float32)
+  rows = [
+      (f"task {i}", c + rng.normal(0, 0.1, c.shape), c + rng.normal(0, 0.02, c.shape), c)
+      for i, c in enumerate(clean)
+  ]
+  fig = reports.sample_figure(rows)
+  axes = np.asarray(fig.axes).reshape(2, 3)
+  assert [ax.get_title() for ax in axes[0]] == ["degraded", "restored", "clean"]
+  assert [ax.get_title() for ax in axes[1]] == ["", "", ""]
+  for (label, degraded, restored, c), line in zip(rows, axes):
+    assert line[0].get_ylabel() == label
+    for image, ax in ((degraded, line[0]), (np.clip(restored, 0, 1), line[1])):
+      psnr = 10 * np.log10(1 / np.mean((image.astype(np.float32) - c) ** 2))
+      assert ax.get_xlabel() == f"{psnr:.2f} dB"
+    assert line[2].get_xlabel() == ""

@@ -1,4 +1,5 @@
-"""The winning-ticket study on a tiny net: every variant at every level, reports, resumption."""
+"""The winning-ticket study on a tiny net: every variant of every seed, the controls' masks,
+resumption. Its reports' numbers are checked in test_study_reports.py."""
 
 import json
 
@@ -7,37 +8,27 @@ import ml_collections
 import numpy as np
 import pytest
 from absl import flags
-from PIL import Image
 
+from conftest import DEMO_EVALUATIONS
 from mirl_jax import checkpointing
-from mirl_jax import masks as masks_lib
+from mirl_jax import study_reports
 from mirl_jax import ticket_study
 from mirl_jax import train
+from mirl_jax.study_reports import CONTROLS, IMP
 from tiny_config import get_config as tiny_config
 
-pytestmark = pytest.mark.slow  # whole runs of the CLI in child processes
+pytestmark = pytest.mark.slow  # ten trainings of the tiny net
 
-TASKS = {
-    "denoise_15/DemoClean",
-    "denoise_25/DemoClean",
-    "denoise_50/DemoClean",
-    "derain/DemoRain",
-    "dehaze/DemoHaze",
-}
+SEEDS = (0, 1)
 
 
 def _config():
   config = tiny_config()
   config.train.update(
-      dict(
-          epochs=1,
-          warmup_epochs=0,
-          lr_per_epoch=False,  # trains at once
-          checkpoint_every_steps=1000,
-      )
+      dict(epochs=1, warmup_epochs=0, lr_per_epoch=False, checkpoint_every_steps=1000)
   )
-  config.lottery.rounds = 2
-  config.study = ml_collections.ConfigDict(dict(every=1))
+  config.lottery.rounds = 1
+  config.study = ml_collections.ConfigDict(dict(seeds=SEEDS, control_rounds=(1,)))
   return config
 
 
@@ -49,86 +40,66 @@ def study(tmp_path_factory):
   return workdir
 
 
-def _ticket(workdir, variant, r):
-  return checkpointing.restore_ticket(str(workdir / variant), r)[:2]
+def _ticket(workdir, seed, variant, r):
+  return checkpointing.restore_ticket(str(workdir / f"seed_{seed}" / variant), r)[:2]
 
 
 def _alive(masks):
   return sum(int(np.count_nonzero(m)) for m in jax.tree.leaves(masks))
 
 
-def test_every_variant_at_every_level(study):
-  entries = json.loads((study / "study.json").read_text())
-  assert ticket_study.levels(_config()) == [1, 2]
-  got = {(e["variant"], e["round"]) for e in entries}
-  assert got == {("imp", r) for r in (0, 1, 2)} | {
-      (v, r) for v in ticket_study.CONTROLS for r in (1, 2)
-  }
-  for r in (1, 2):
-    level = [e for e in entries if e["round"] == r]
-    assert len({e["remaining"] for e in level}) == 1 and len({e["alive"] for e in level}) == 1
-    assert 0.8**r - 0.01 < level[0]["remaining"] < 0.8**r + 0.01
-  for e in entries:
-    assert set(e["psnr"]) == TASKS and all(np.isfinite(list(e["psnr"].values())))
-    assert e["mean_psnr"] == pytest.approx(np.mean(list(e["psnr"].values())))
-  _assert_study_md((study / "study.md").read_text(), entries)
-  with Image.open(study / "study.png") as image:
-    assert image.size == (770, 495)  # 7 x 4.5 inches at 110 dpi
-    pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
-  assert len(np.unique(pixels, axis=0)) > 2  # not blank: drawn on
-
-
-def _assert_study_md(text, entries):
-  """A row per level with each variant's mean PSNR (— where it did not train), then a row
-  per training with its PSNR per task: the numbers of study.json."""
-  rows = [
-      [c.strip() for c in line.strip("|").split("|")]
-      for line in text.splitlines()
-      if line.startswith("|") and "---" not in line
-  ]
-  labels = [ticket_study.LABELS[v] for v in ticket_study.VARIANTS]
-  assert rows[0] == ["round", "remaining %", "input"] + labels
-  find = {(e["variant"], e["round"]): e for e in entries}
-  for r in (0, 1, 2):
-    imp = find["imp", r]
-    assert rows[1 + r] == [
-        str(r),
-        f"{100 * imp['remaining']:.2f}",
-        f"{imp['mean_input_psnr']:.2f}",
-    ] + [f"{find[v, r]['mean_psnr']:.2f}" if (v, r) in find else "—" for v in ticket_study.VARIANTS]
-  tasks = rows[4][3:-1]
-  assert rows[4] == ["round", "remaining %", "variant"] + tasks + ["mean"]
-  assert set(tasks) == TASKS and rows[5][2] == "input"
-  trainings = {(row[2], row[0]): row for row in rows[6:]}
-  assert len(trainings) == len(rows[6:]) == len(entries)
-  for e in entries:
-    row = trainings[ticket_study.LABELS[e["variant"]], str(e["round"])]
-    assert row[3:] == [f"{e['psnr'][t]:.2f}" for t in tasks] + [f"{e['mean_psnr']:.2f}"]
-
-
-def test_the_controls_masks(study):
-  for r in (1, 2):
-    imp_params, imp_masks = _ticket(study, "imp", r)
-    alive = _alive(imp_masks)
-    same, other = _ticket(study, "random_init", r), _ticket(study, "random_prune", r)
-    one_shot = _ticket(study, "one_shot", r)
-    for a, b in zip(jax.tree.leaves(imp_masks), jax.tree.leaves(same[1])):
-      np.testing.assert_array_equal(a, b)
-    assert _alive(other[1]) == alive and _alive(one_shot[1]) == alive
-    assert any(
-        not np.array_equal(a, b)
-        for a, b in zip(jax.tree.leaves(imp_masks), jax.tree.leaves(other[1]))
+def test_every_variant_of_every_seed_is_recorded(study):
+  records = json.loads((study / "study.json").read_text())
+  got = {(e["variant"], e["seed"], e["round"]) for e in records}
+  want = {("dense", s, 0) for s in SEEDS} | {(v, s, 1) for v in (IMP,) + CONTROLS for s in SEEDS}
+  assert got == want and len(records) == len(want)
+  for e in records:
+    assert set(e) >= {"variant", "seed", "round", "remaining", "psnr", "input_psnr", "psnr_mean"}
+    assert set(e["psnr"]) == set(e["input_psnr"]) == DEMO_EVALUATIONS
+    assert e["psnr_mean"] == pytest.approx(np.mean(list(e["psnr"].values())))
+    assert e["remaining"] == (1.0 if e["round"] == 0 else pytest.approx(0.8, abs=0.01))
+    summary = json.loads(
+        (
+            study / f"seed_{e['seed']}" / e["variant"].replace("dense", IMP) / "summary.json"
+        ).read_text()
     )
-    with_none = jax.tree.leaves(other[1], is_leaf=lambda x: x is None)
-    for p, m in zip(jax.tree.leaves(other[0]), with_none):  # pruned weights stay 0
-      assert m is None or np.all(np.asarray(p)[~np.asarray(m)] == 0)
-    assert not np.array_equal(jax.tree.leaves(imp_params)[0], jax.tree.leaves(same[0])[0])
+    found = next(s for s in summary if s["round"] == e["round"])
+    assert e["psnr"] == {k: m["psnr"] for k, m in found["results"].items()}
+  assert (study / "study.md").read_text().startswith("# Winning-ticket study")
+  assert (study / "study.png").stat().st_size > 0  # its content: test_study_reports.py
 
 
-def test_one_shot_to_the_first_level_is_imp_round_one(study):
+def test_a_seed_sets_the_init_and_the_data_order(study):
+  first, second = (_ticket(study, s, IMP, 1) for s in SEEDS)
+  assert not np.array_equal(jax.tree.leaves(first[1])[0], jax.tree.leaves(second[1])[0])
+  records = json.loads((study / "study.json").read_text())
+  dense = [study_reports.find(records, "dense", s, 0)["psnr_mean"] for s in SEEDS]
+  assert dense[0] != dense[1]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_controls_masks(study, seed):
+  imp_params, imp_masks = _ticket(study, seed, IMP, 1)
+  alive = _alive(imp_masks)
+  reinit, random, oneshot = (_ticket(study, seed, v, 1) for v in CONTROLS)
+  for a, b in zip(jax.tree.leaves(imp_masks), jax.tree.leaves(reinit[1])):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(jax.tree.leaves(imp_params)[0], jax.tree.leaves(reinit[0])[0])
+  assert _alive(random[1]) == alive and _alive(oneshot[1]) == alive
+  assert any(
+      not np.array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(imp_masks), jax.tree.leaves(random[1]))
+  )
+  with_none = jax.tree.leaves(random[1], is_leaf=lambda x: x is None)
+  for p, m in zip(jax.tree.leaves(random[0]), with_none):  # pruned weights stay 0
+    assert m is None or np.all(np.asarray(p)[~np.asarray(m)] == 0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_one_shot_to_the_first_level_is_imp_round_one(study, seed):
   """One 20% prune of the dense net is IMP's first round: same masks, init, data, result."""
-  imp, one_shot = _ticket(study, "imp", 1), _ticket(study, "one_shot", 1)
-  for a, b in zip(jax.tree.leaves(imp), jax.tree.leaves(one_shot)):
+  imp, oneshot = _ticket(study, seed, IMP, 1), _ticket(study, seed, "oneshot", 1)
+  for a, b in zip(jax.tree.leaves(imp), jax.tree.leaves(oneshot)):
     np.testing.assert_array_equal(a, b)
 
 
@@ -139,12 +110,18 @@ def test_a_rerun_skips_finished_work(study, monkeypatch):
   monkeypatch.setattr(train.Run, "train_round", no_training)
   path = study / "study.json"
   before = json.loads(path.read_text())
-  path.write_text(
-      json.dumps([e for e in before if e["variant"] != "one_shot" or e["round"] != 2])
-  )  # trained, not yet recorded
+  dropped = [e for e in before if (e["variant"], e["seed"]) not in {("oneshot", 1), ("dense", 0)}]
+  path.write_text(json.dumps(dropped))  # trained, not yet recorded
   ticket_study.Study(_config(), str(study)).run()
   after = json.loads(path.read_text())
-  key = lambda e: (e["variant"], e["round"])
+  key = lambda e: (e["variant"], e["seed"], e["round"])
   assert sorted(map(key, after)) == sorted(map(key, before))
   for a, b in zip(sorted(before, key=key), sorted(after, key=key)):
     assert a["psnr"] == pytest.approx(b["psnr"])
+
+
+def test_control_rounds_outside_the_run_are_refused():
+  config = _config()
+  config.study.control_rounds = (0, 1)
+  with pytest.raises(ValueError, match=r"study.control_rounds=\(0, 1\).*lottery.rounds=1"):
+    ticket_study.control_rounds(config)
