@@ -67,3 +67,17 @@ DEMO_EVALUATIONS = {
     "derain/DemoRain",
     "dehaze/DemoHaze",
 }
+
+
+def eval_result(degradation, dataset, images, psnr, ssim, input_psnr, input_ssim) -> dict:
+  """One evaluation as evaluate.evaluate returns it."""
+  return dict(
+      task=degradation.split("_")[0],
+      degradation=degradation,
+      dataset=dataset,
+      images=images,
+      psnr=psnr,
+      ssim=ssim,
+      input_psnr=input_psnr,
+      input_ssim=input_ssim,
+  )

@@ -9,6 +9,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from conftest import TINY
+from conftest import eval_result
 from mirl_jax import demo_data, evaluate, images, models, pipeline
 
 SIGMAS = [15, 50]
@@ -123,26 +124,8 @@ def test_tiny_promptir_results_reports_and_pngs(data_config, tmp_path):
 
 def test_format_table_rounds_like_the_paper():
   results = [
-      dict(
-          task="denoise",
-          degradation="denoise_25",
-          dataset="BSD68",
-          images=68,
-          psnr=31.3149,
-          ssim=0.88816,
-          input_psnr=20.17,
-          input_ssim=0.4,
-      ),
-      dict(
-          task="derain",
-          degradation="derain",
-          dataset="Rain100L",
-          images=100,
-          psnr=36.371,
-          ssim=0.97249,
-          input_psnr=26.9,
-          input_ssim=0.84,
-      ),
+      eval_result("denoise_25", "BSD68", 68, 31.3149, 0.88816, 20.17, 0.4),
+      eval_result("derain", "Rain100L", 100, 36.371, 0.97249, 26.9, 0.84),
   ]
   lines = evaluate.format_table(results).splitlines()
   assert len(lines) == 2 + 2 + 1  # header, rule, rows, average

@@ -1,5 +1,5 @@
 """summary.json and study.json: one entry per round, replaced when a round is redone, written
-so that a killed run never leaves half a file."""
+so that a killed run never leaves half a file; what the PSNR plot and the sample grid show."""
 
 import json
 import os
@@ -7,30 +7,13 @@ import os
 import numpy as np
 import pytest
 
+from conftest import eval_result
 from mirl_jax import reports
 
 COUNTS = dict(params=200, prunable=150, alive=120, nonzero=170, remaining=0.8)
 RESULTS = [
-    dict(
-        task="denoise",
-        degradation="denoise_15",
-        dataset="BSD68",
-        images=68,
-        psnr=33.9,
-        ssim=0.93,
-        input_psnr=24.6,
-        input_ssim=0.55,
-    ),
-    dict(
-        task="derain",
-        degradation="derain",
-        dataset="Rain100L",
-        images=100,
-        psnr=36.4,
-        ssim=0.97,
-        input_psnr=26.9,
-        input_ssim=0.84,
-    ),
+    eval_result("denoise_15", "BSD68", 68, 33.9, 0.93, 24.6, 0.55),
+    eval_result("derain", "Rain100L", 100, 36.4, 0.97, 26.9, 0.84),
 ]
 
 
