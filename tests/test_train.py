@@ -204,24 +204,6 @@ def test_a_demo_round_in_bfloat16_ends_within_0_3_db_of_float32(tmp_path):
   assert abs(psnr["bfloat16"] - psnr["float32"]) <= 0.3, psnr
 
 
-def test_a_workdir_from_the_per_device_batch_resumes_at_its_global_batch(monkeypatch):
-  monkeypatch.setattr(jax, "device_count", lambda: 4)
-  config = _config()
-  config.data.batch_size = 2  # per device, as it was saved
-  saved = json.loads(config.to_json())
-  config.data.batch_size = 8
-  current = json.loads(config.to_json())
-  assert not train.config_changes(saved, current, per_device_batch=True)
-  assert train.config_changes(saved, saved, per_device_batch=True) == ["data.batch_size: 8 -> 2"]
-  assert train.config_changes(saved, current) == ["data.batch_size: 2 -> 8"]
-  saved["lottery"].pop("reference_pool")  # a key added since: its old value is assumed
-  assert not train.config_changes(saved, current, per_device_batch=True)
-  current["lottery"]["reference_pool"] = True
-  assert train.config_changes(saved, current, per_device_batch=True) == [
-      "lottery.reference_pool: False -> True"
-  ]
-
-
 def _perturb(r, params, masks):
   """A stand-in for training: moves every weight, keeps pruned ones at 0."""
   rng = np.random.default_rng(100 + r)
