@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mirl_jax import images
+from mirl_jax import loss_curve
 
 SUMMARY = "summary.json"
 
@@ -187,7 +188,7 @@ def report_round(
 
   WORKDIR/sparsity/round_RR.txt (per layer), eval/round_RR.md and .json (the
   test sets), summary.json (one entry per round) with psnr_vs_remaining.png,
-  samples_round_RR.png; TensorBoard scalars at step r if `tb` is given; every
+  samples_round_RR.png, learning_curve.png (the rounds' loss/, if trained here); TensorBoard scalars at step r if `tb` is given; every
   restored test image under `images_dir` if given.
   """
   # pylint: disable-next=import-outside-toplevel
@@ -205,7 +206,13 @@ def report_round(
   print(evaluate.format_table(results))
   evaluate.write_reports(results, os.path.join(workdir, "eval"), stem=f"round_{r:02d}")
   entry = summary_entry(r, counts, results)
+  curves = loss_curve.read(workdir)
+  for record in curves:  # trained here: its convergence beside its scores
+    if record["round"] == r:
+      entry["loss_change_over_last_20pct"] = record["change_over_last_20pct"]
   plot_psnr(workdir, update_summary(workdir, entry))
+  if curves:
+    save_figure(loss_curve.figure(curves), Path(workdir) / "learning_curve.png")
   write_samples(forward, data_config, seed, os.path.join(workdir, f"samples_round_{r:02d}.png"))
   if tb is not None:
     tb.scalars(

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from mirl_jax import checkpointing
 from mirl_jax import convert
+from mirl_jax import loss_curve
 from mirl_jax import lottery
 from mirl_jax import masks as masks_lib
 from mirl_jax import models
@@ -151,7 +152,7 @@ class Run:
     steps = trainer.steps_per_round
     state = train_step.create_train_state(trainer.model, params, trainer.tx)
     iterator = trainer.round_data(self.config.seed, r)
-    start = 0
+    start, curve, losses = 0, [], []  # curve: (step, mean loss since the last point)
     saved = self.checkpoints.latest_meta()
     if saved is not None and saved["round"] == r:
       state, restored_masks = self.checkpoints.restore(saved["step"], state, iterator)
@@ -163,7 +164,7 @@ class Run:
             f"The checkpoint of round {r} in {self.workdir} has other masks "
             "than its tickets give: was the config changed?"
         )
-      start = saved["step_in_round"]
+      start, curve = saved["step_in_round"], saved.get("loss_curve", [])
       logging.warning("Resuming round %d at step %d of %d", r, start, steps)
     state = train_step.replicate(trainer.mesh, state)
     bar = tqdm(
@@ -190,8 +191,11 @@ class Run:
             {"step": trained},
             folder=checkpointing.REWIND,
         )
+      losses.append(metrics["loss"])  # read at the next log point: no wait on the device
       if trained % cfg.log_every_steps == 0 or trained == steps:
-        loss = float(metrics["loss"])
+        loss = float(np.mean([float(x) for x in losses]))
+        losses.clear()
+        curve.append((trained, loss))
         bar.set_postfix(loss=f"{loss:.4f}")
         self.tb.scalars(
             r * steps + trained,
@@ -208,7 +212,7 @@ class Run:
             _host(state),
             masks,
             iterator,
-            dict(self.meta, round=r, step_in_round=trained),
+            dict(self.meta, round=r, step_in_round=trained, loss_curve=curve),
         )
       bar.update(1)
 
@@ -224,6 +228,8 @@ class Run:
     bar.close()
     if hasattr(iterator, "close"):
       iterator.close()
+    if self.is_main:
+      loss_curve.write(self.workdir, r, curve, steps)
     return _host(state.params)
 
   def save_ticket(self, r: int, params, masks, unused_masks=None) -> None:

@@ -105,6 +105,11 @@ def _assert_reports(workdir, summary, counts):
   """What round 1 left for a reader: the plot, the samples, its tables and scalars."""
   plot = _image(workdir / "psnr_vs_remaining.png")
   assert plot.shape == (495, 770, 3)  # 7 x 4.5 inches at 110 dpi
+  _image(workdir / "learning_curve.png")  # its content: test_loss_curve.py
+  for entry in summary:
+    curve = json.loads((workdir / "loss" / f"round_{entry['round']:02d}.json").read_text())
+    assert curve["curve"][-1][0] == curve["steps"] and len(curve["curve"]) >= 2
+    assert entry["loss_change_over_last_20pct"] == curve["change_over_last_20pct"]
   samples = _image(workdir / "samples_round_01.png")  # its labels: test_reports.py
   rows = len(summary[1]["results"])  # a row per test set, three 2.2-inch tiles at 110 dpi
   assert samples.shape[1] == round(3 * 2.2 * 110) and samples.shape[0] > rows * 150
@@ -178,6 +183,11 @@ def test_an_interrupted_run_resumes_to_the_same_tickets(finished, tmp_path, monk
   monkeypatch.setattr(checkpointing.TrainCheckpoints, "save", save)
   train.train_and_evaluate(_config(), str(tmp_path))  # resumes mid-round 1
 
+  for name in ("round_00.json", "round_01.json"):  # round 1's curve spans the restart
+    curves = [
+        json.loads((run / "loss" / name).read_text())["curve"] for run in (finished, tmp_path)
+    ]
+    assert [step for step, _ in curves[0]] == [step for step, _ in curves[1]]
   for index in (0, 1):
     want = checkpointing.restore_ticket(str(finished), index)
     got = checkpointing.restore_ticket(str(tmp_path), index)
