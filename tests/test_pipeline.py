@@ -257,7 +257,7 @@ def test_eval_examples_whole_cropped_images_with_fixed_noise(data_dir):
   by_name = {s.degradation: s for s in pipeline.eval_sets(config)}
   for eval_set in by_name.values():
     examples = list(pipeline.eval_dataset(config, eval_set))
-    assert len(examples) == pipeline.eval_size(config, eval_set) == 2
+    assert len(examples) == pipeline.eval_size(config, eval_set) == 8
     for example in examples:
       _, h, w, c = example["degraded"].shape
       assert example["clean"].shape == (1, h, w, c) and c == 3
