@@ -40,6 +40,7 @@ def record_of(variant: str, seed: int, summary: dict, seconds: float | None) -> 
       input_psnr=inputs,
       psnr_mean=float(np.mean(list(psnr.values()))),
       input_psnr_mean=float(np.mean(list(inputs.values()))),
+      loss_change_over_last_20pct=summary.get("loss_change_over_last_20pct"),
       seconds=seconds,
   )
 

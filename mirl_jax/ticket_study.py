@@ -99,10 +99,10 @@ class Study:
       params, masks = self.start(imp, variant, r, tickets[r], tickets[0].params)
       params = run.train_round(r, params, masks)
       run.save_ticket(r, params, masks)
+    data, seed = self.trainer.data, self.config.eval.seed
     summary = reports.report_round(
-        run.workdir, r, run.model, params, masks, self.trainer.data, self.config.eval.seed,
-        progress=False,
-    )  # fmt: skip
+        run.workdir, r, run.model, params, masks, data, seed, progress=False
+    )
     return study_reports.record_of(variant, imp.config.seed, summary, time.time() - began)
 
   def run_seed(self, seed: int, done: set) -> None:

@@ -50,6 +50,7 @@ def test_a_record_has_the_fields_a_reader_expects(tmp_path):
       input_psnr=INPUT,
       psnr_mean=23.5,
       input_psnr_mean=22.0,
+      loss_change_over_last_20pct=None,  # trained before loss curves were kept
       seconds=3.0,
   )
 

@@ -65,6 +65,7 @@ def test_every_variant_of_every_seed_is_recorded(study):
     )
     found = next(s for s in summary if s["round"] == e["round"])
     assert e["psnr"] == {k: m["psnr"] for k, m in found["results"].items()}
+    assert e["loss_change_over_last_20pct"] == found["loss_change_over_last_20pct"]
   assert (study / "study.md").read_text().startswith("# Winning-ticket study")
   assert (study / "study.png").stat().st_size > 0  # its content: test_study_reports.py
 
