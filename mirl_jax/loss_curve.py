@@ -52,6 +52,7 @@ def figure(records: list[dict]):
   """Training loss against the steps of the whole run, a colour per round, with each round's
   change over its last 20% in the legend."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib.ticker  # pylint: disable=import-outside-toplevel
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -65,6 +66,8 @@ def figure(records: list[dict]):
         record["round"] * record["steps"] + steps, losses, label=f"round {record['round']}{last}"
     )
   ax.set(xlabel="training step (all rounds)", ylabel="L1 training loss", yscale="log")
+  ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))  # 0.06, not 6x10^-2
+  ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   return fig

@@ -38,3 +38,6 @@ def test_the_figure_puts_rounds_end_to_end_with_their_change(tmp_path):
   assert [l.get_label() for l in lines] == ["round 0, last 20%: -3.2%", "round 1"]
   np.testing.assert_array_equal(lines[1].get_xdata(), [150, 200])
   assert ax.get_yscale() == "log" and ax.get_ylabel() == "L1 training loss"
+  ax.figure.canvas.draw()
+  labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True)]
+  assert "0.2" in labels and not any("times" in t or "^" in t for t in labels)  # plain numbers
