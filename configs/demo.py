@@ -20,6 +20,8 @@ def get_config():
                           patch_size=32,  # a quarter of the compute of 64
                           repeats=dict(denoise=4, derain=12, dehaze=12), worker_count=0))
   config.train.update(dict(epochs=8, warmup_epochs=1, learning_rate=4e-3,
+                           lr_per_epoch=False,  # warmup and cosine per step: the reference's
+                                                # per-epoch steps leave epoch 1 of 8 at lr 0
                            log_every_steps=10, checkpoint_every_steps=100))
   config.lottery.rounds = 3
   # fmt: on
