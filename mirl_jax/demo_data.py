@@ -5,8 +5,9 @@ image files laid out as datasets.EXPECTED_TREE, then builds them with the same T
 real data. Denoise sets hold clean images only (the pipeline adds noise); rain is drawn as thin,
 bright, oriented streaks; haze follows the scattering model I = J t + A (1 - t), t = exp(-beta d),
 with the motorcycle's bundled disparity as depth and a smooth random field elsewhere. Train and
-test use different source photographs; each test photo enters whole and as three crops, so
-that every test set holds 8 images. Everything is deterministic.
+test use different source photographs; each test photo enters whole and as three crops of half
+its sides at the same scale, so that every test set holds 8 images for less than twice the
+pixels of the two whole photos. Everything is deterministic.
 """
 
 from __future__ import annotations
@@ -112,9 +113,13 @@ def write_tree(manual_dir: str | os.PathLike, seed: int = 0) -> None:
       depth = disparity_depth() if source == "motorcycle_left.png" else None
       for variant in range(VARIANTS[split]):
         rng = np.random.default_rng([seed, SPLITS_INDEX[split], source_index, variant])
-        whole = split == "test" and variant == 0  # the rest of a test photo's variants: crops
-        rows, cols = (slice(None),) * 2 if whole else _random_crop(photo, rng)
-        clean = _resize(photo[rows, cols])
+        if split == "train":
+          (rows, cols), long_side = _random_crop(photo, rng), LONG_SIDE
+        elif variant == 0:  # a test photo whole, then crops of half its sides at its scale
+          (rows, cols), long_side = (slice(None),) * 2, LONG_SIDE
+        else:
+          (rows, cols), long_side = _random_crop(photo, rng, 0.5), LONG_SIDE // 2
+        clean = _resize(photo[rows, cols], long_side)
         name = f"{Path(source).stem}_{variant}"
         images.write_png(root / split / "denoise" / "DemoClean" / f"{name}.png", clean)
         rain_dir = root / split / "derain" / "DemoRain"
