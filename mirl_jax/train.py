@@ -165,6 +165,7 @@ class Run:
             "than its tickets give: was the config changed?"
         )
       start, curve = saved["step_in_round"], saved.get("loss_curve", [])
+      losses = list(saved.get("loss_pending", []))  # so the curve is that of an unbroken round
       logging.warning("Resuming round %d at step %d of %d", r, start, steps)
     state = train_step.replicate(trainer.mesh, state)
     bar = tqdm(
@@ -212,7 +213,13 @@ class Run:
             _host(state),
             masks,
             iterator,
-            dict(self.meta, round=r, step_in_round=trained, loss_curve=curve),
+            dict(
+                self.meta,
+                round=r,
+                step_in_round=trained,
+                loss_curve=curve,
+                loss_pending=[float(x) for x in losses],  # since the last point of the curve
+            ),
         )
       bar.update(1)
 
