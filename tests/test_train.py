@@ -58,18 +58,13 @@ def test_evaluate_mode_remakes_a_rounds_reports_as_training_wrote_them(finished,
   written = ["eval/round_01.md", "eval/round_01.json", "sparsity/round_01.txt"]
   for name in (*written, "samples_round_01.png", "psnr_vs_remaining.png"):  # remade below
     (workdir / name).unlink()
-  # The CLI in a child process: main's flags would clash with ticket_study's here.
-  args = ["--mode=evaluate", "--config.eval.ticket=1", "--config.eval.save_images=True"]
-  command = ["-m", "mirl_jax.main", "--config", str(ROOT / "tests" / "tiny_config.py"), *args]
-  done = subprocess.run(
-      [sys.executable, *command, "--workdir", str(workdir)],
-      capture_output=True,
-      text=True,
-      cwd=ROOT,
-      timeout=600,
-      check=False,
+  _cli(
+      ROOT / "tests" / "tiny_config.py",
+      workdir,
+      "--mode=evaluate",
+      "--config.eval.ticket=1",
+      "--config.eval.save_images=True",
   )
-  assert done.returncode == 0, done.stderr[-3000:]
 
   # The child runs with the CLI's XLA flags, the run with the tests': the metrics agree to
   # rounding, the sparsity table (counts only) to the byte.
@@ -89,6 +84,15 @@ def test_evaluate_mode_remakes_a_rounds_reports_as_training_wrote_them(finished,
   restored = sorted((workdir / "eval" / "round_01").rglob("*.png"))
   tested = json.loads((finished / "eval/round_01.json").read_text())
   assert len(restored) == sum(e["images"] for e in tested["results"])
+
+
+def _cli(config, workdir, *args) -> None:
+  """The CLI in a child process: main's flags would clash with ticket_study's in this one."""
+  command = ["-m", "mirl_jax.main", "--config", str(config), "--workdir", str(workdir), *args]
+  done = subprocess.run(
+      [sys.executable, *command], capture_output=True, text=True, cwd=ROOT, timeout=600, check=False
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _leaves(tree, path="") -> dict:
@@ -342,16 +346,7 @@ def test_tickets_are_bit_identical_to_those_of_the_loop_before_its_rewrite(tmp_p
   frozen tiny config, rewound to init or late with kept prompts, hashed as the code at aaaba8f
   made them (tests/data/loop_rewrite_tickets.json: its JAX version beside the hashes)."""
   recorded = json.loads((ROOT / "tests" / "data" / "loop_rewrite_tickets.json").read_text())
-  config = f"{ROOT / 'tests' / 'frozen_tiny_config.py'}:{variant}"
-  done = subprocess.run(
-      [sys.executable, "-m", "mirl_jax.main", "--config", config, "--workdir", str(tmp_path)],
-      capture_output=True,
-      text=True,
-      cwd=ROOT,
-      timeout=600,
-      check=False,
-  )
-  assert done.returncode == 0, done.stderr[-3000:]
+  _cli(f"{ROOT / 'tests' / 'frozen_tiny_config.py'}:{variant}", tmp_path)
   got = _ticket_digests(tmp_path)
   masks = {k: v for k, v in recorded[variant].items() if k.endswith("masks")}
   assert {k: got[k] for k in masks} == masks
