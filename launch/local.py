@@ -19,8 +19,11 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(processes: int, args: list[str], devices_per_process: int = 1) -> int:
-  """Starts the processes, waits for all; returns the first non-zero exit code."""
+def start(
+    processes: int, args: list[str], devices_per_process: int = 1, stderrs=None, **popen
+) -> list[subprocess.Popen]:
+  """Starts the processes and returns them; `stderrs`: one file per process, `popen`: more
+  subprocess.Popen arguments."""
   address = f"127.0.0.1:{free_port()}"
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   env["XLA_FLAGS"] = " ".join(
@@ -29,7 +32,7 @@ def launch(processes: int, args: list[str], devices_per_process: int = 1) -> int
           [env.get("XLA_FLAGS"), f"--xla_force_host_platform_device_count={devices_per_process}"],
       )
   )
-  procs = [
+  return [
       subprocess.Popen(
           [
               sys.executable,
@@ -41,10 +44,16 @@ def launch(processes: int, args: list[str], devices_per_process: int = 1) -> int
               *args,
           ],
           env=env,
+          stderr=stderrs[i] if stderrs else None,
+          **popen,
       )
       for i in range(processes)
   ]
-  codes = [p.wait() for p in procs]
+
+
+def launch(processes: int, args: list[str], devices_per_process: int = 1) -> int:
+  """Starts the processes, waits for all; returns the first non-zero exit code."""
+  codes = [p.wait() for p in start(processes, args, devices_per_process)]
   return next((c for c in codes if c), 0)
 
 

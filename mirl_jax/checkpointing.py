@@ -5,17 +5,19 @@ as packed bits; other tensors are stored whole, so a sparse ticket takes
 about its share of non-zero weights on disk (benchmarks/run_all.py, the
 README), and unpacking gives back exactly the same params. Tickets live in
 ``WORKDIR/tickets/<index>`` (one per round, all kept) next to a JSON item with
-what produced them.
+what produced them, sealed with checksums (integrity.py) that every restore
+checks.
 """
 
+import contextlib
 import os
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mirl_jax import integrity
 from mirl_jax import masks as masks_lib
 from mirl_jax import models
 
@@ -23,7 +25,6 @@ TICKETS = "tickets"  # one per finished round, all kept
 REWIND = "rewind"  # late rewinding's params of round 0
 THETA_0 = "theta_0"  # imported initial params: a key cannot re-create them
 UNUSED = "unused"  # the reference's six unused convs, as of each ticket
-CHECKPOINTS = "checkpoints"  # mid-round training state, the newest kept
 
 
 def pack_ticket(params: Any, masks: Any) -> Any:
@@ -70,59 +71,6 @@ def unpack_ticket(packed: Any):
   return params, masks
 
 
-def _param_shaped(params: Any) -> Callable[[Any], bool]:
-  treedef = jax.tree.structure(params)
-  return lambda node: jax.tree.structure(node) == treedef
-
-
-def pack_opt_state(opt_state: Any, params: Any, masks: Any) -> dict:
-  """The optimizer state with its param-shaped parts (Adam's moments) packed.
-
-  A pruned weight's grads are masked, so its moments stay exactly 0 and pack
-  like the params; a part that is not 0 there is stored whole instead.
-  Keys are positions in the flattened state (tuple of optax states).
-  """
-  like = _param_shaped(params)
-  nodes = jax.tree.leaves(opt_state, is_leaf=like)
-  pruned = jax.tree.map(
-      lambda m: None if m is None else ~np.asarray(m, bool), masks, is_leaf=lambda x: x is None
-  )
-
-  def zero_where_pruned(node):
-    return all(
-        x is None or not np.any(np.asarray(v)[x])
-        for v, x in zip(jax.tree.leaves(node), jax.tree.leaves(pruned, is_leaf=lambda x: x is None))
-    )
-
-  def part(node):
-    if not like(node):
-      return np.asarray(node)
-    return pack_ticket(node, masks) if zero_where_pruned(node) else jax.tree.map(np.asarray, node)
-
-  return {str(i): part(n) for i, n in enumerate(nodes)}
-
-
-def unpack_opt_state(stored: dict, target: Any, params: Any) -> Any:
-  """`stored` (see pack_opt_state) back into the structure of `target`."""
-  like = _param_shaped(params)
-  nodes, treedef = jax.tree.flatten(target, is_leaf=like)
-  if len(stored) != len(nodes):
-    raise ValueError(
-        f"the checkpoint's optimizer state has {len(stored)} parts, "
-        f"the configured optimizer {len(nodes)}: was the config changed?"
-    )
-  parts = [stored[str(i)] for i in range(len(nodes))]
-  return jax.tree.unflatten(
-      treedef,
-      [
-          jax.tree.unflatten(jax.tree.structure(n), jax.tree.leaves(unpack_ticket(p)[0]))
-          if like(n)
-          else np.asarray(p)
-          for n, p in zip(nodes, parts)
-      ],
-  )
-
-
 def _manager(workdir: str, folder: str, create: bool) -> ocp.CheckpointManager:
   # A writer removes what a killed save left behind (uncommitted tmp dirs).
   options = ocp.CheckpointManagerOptions(
@@ -137,16 +85,44 @@ def save_ticket(
     workdir: str, index: int, params: Any, masks: Any, meta: dict, folder: str = TICKETS
 ) -> str:
   """Writes ticket `index`; Orbax commits it atomically (tmp dir + rename)."""
-  with _manager(workdir, folder, create=True) as manager:
+  path = os.path.join(os.path.abspath(workdir), folder, str(index))
+  packed = pack_ticket(params, masks)
+  meta = integrity.seal(meta, trees={"ticket": packed})
+  with writing(path), _manager(workdir, folder, create=True) as manager:
     manager.save(
         index,
-        args=ocp.args.Composite(
-            ticket=ocp.args.StandardSave(pack_ticket(params, masks)), meta=ocp.args.JsonSave(meta)
-        ),
+        args=ocp.args.Composite(ticket=ocp.args.StandardSave(packed), meta=ocp.args.JsonSave(meta)),
         force=True,
     )
     manager.wait_until_finished()
-  return os.path.join(os.path.abspath(workdir), folder, str(index))
+  return path
+
+
+@contextlib.contextmanager
+def writing(path: str):
+  """A failed save (full disk, I/O error) as one WriteFailed naming it; earlier saves stay."""
+  try:
+    yield
+  except integrity.WriteFailed:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore wrap OS errors
+    raise integrity.WriteFailed(
+        f"could not write {path} ({integrity.reason(e)}); every earlier checkpoint "
+        "and ticket is kept: free space and run the same command again to resume"
+    ) from e
+
+
+@contextlib.contextmanager
+def reading(path: str):
+  """A save that Orbax or TensorStore cannot read as a CorruptError naming it."""
+  try:
+    yield
+  except (integrity.CorruptError, KeyboardInterrupt):
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise integrity.CorruptError(
+        f"{path} is corrupted: it cannot be read ({integrity.reason(e)})"
+    ) from e
 
 
 def ticket_indices(workdir: str, folder: str = TICKETS) -> list[int]:
@@ -157,9 +133,11 @@ def ticket_indices(workdir: str, folder: str = TICKETS) -> list[int]:
 
 
 def ticket_meta(workdir: str, index: int, folder: str = TICKETS) -> dict:
-  """The JSON item of ticket `index` alone, without reading its arrays."""
-  with _manager(workdir, folder, create=False) as manager:
-    return dict(manager.restore(index, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+  """The JSON item of ticket `index` alone (checked), without reading its arrays."""
+  path = os.path.join(os.path.abspath(workdir), folder, str(index))
+  with reading(path), _manager(workdir, folder, create=False) as manager:
+    meta = manager.restore(index, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  return integrity.unsealed(integrity.check_meta(dict(meta), path))
 
 
 def describe_mismatch(
@@ -231,15 +209,18 @@ def restore_ticket(
   index = max(indices) if index is None else index
   if index not in indices:
     raise ValueError(f"No ticket {index} in {workdir}; it has {sorted(indices)}")
-  with _manager(workdir, folder, create=False) as manager:
+  path = os.path.join(os.path.abspath(workdir), folder, str(index))
+  with reading(path), _manager(workdir, folder, create=False) as manager:
     restored = manager.restore(
         index,
         args=ocp.args.Composite(ticket=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
     )
+  meta = dict(restored.meta)
+  integrity.check(meta, path, trees={"ticket": restored.ticket})
   params, masks = unpack_ticket(restored.ticket)
   if model is not None:
-    _check_architecture(params, model, os.path.join(workdir, folder, str(index)))
-  return Ticket(params, masks, dict(restored.meta))
+    _check_architecture(params, model, path)
+  return Ticket(params, masks, integrity.unsealed(meta))
 
 
 def save_theta_0(workdir: str, params: Any, unused: Any, meta: dict) -> str:
@@ -269,65 +250,3 @@ def restore_unused(workdir: str, index: int):
     return None
   unused, masks, _ = restore_ticket(workdir, index, folder=UNUSED)
   return unused, masks
-
-
-class TrainCheckpoints:
-  """Mid-round state: params and masks (sparse), optimizer, data iterator.
-
-  Steps count over the whole run (round * steps_per_round + step in round).
-  The newest two are kept, so a save killed half-way still leaves one.
-  """
-
-  def __init__(self, workdir: str, max_to_keep: int = 2):
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
-    self.max_to_keep = max_to_keep
-
-  def _manager(self) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        create=True, max_to_keep=self.max_to_keep, cleanup_tmp_directories=True
-    )
-    return ocp.CheckpointManager(
-        self.directory, options=options, item_names=("ticket", "opt_state", "meta", "data")
-    )
-
-  def save(self, step: int, state, masks: Any, iterator, meta: dict) -> None:
-    """`state` on the host (numpy), `masks` dense-True for round 0."""
-    with self._manager() as manager:
-      manager.save(
-          step,
-          args=ocp.args.Composite(
-              ticket=ocp.args.StandardSave(pack_ticket(state.params, masks)),
-              opt_state=ocp.args.StandardSave(pack_opt_state(state.opt_state, state.params, masks)),
-              meta=ocp.args.JsonSave(dict(meta, step=step, opt_step=int(state.step))),
-              data=grain.checkpoint.CheckpointSave(iterator),
-          ),
-      )
-      manager.wait_until_finished()
-
-  def latest_meta(self) -> dict | None:
-    if not os.path.isdir(self.directory):
-      return None
-    with self._manager() as manager:
-      step = manager.latest_step()
-      if step is None:
-        return None
-      return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
-
-  def restore(self, step: int, state, iterator):
-    """(state with params, optimizer and step restored; masks); sets `iterator`."""
-    with self._manager() as manager:
-      restored = manager.restore(
-          step,
-          args=ocp.args.Composite(
-              ticket=ocp.args.StandardRestore(),
-              opt_state=ocp.args.StandardRestore(),
-              meta=ocp.args.JsonRestore(),
-              data=grain.checkpoint.CheckpointRestore(iterator),
-          ),
-      )
-    params, masks = unpack_ticket(restored.ticket)
-    opt_state = unpack_opt_state(restored.opt_state, state.opt_state, state.params)
-    state = state.replace(
-        params=params, opt_state=opt_state, step=np.asarray(restored.meta["opt_step"])
-    )
-    return state, masks

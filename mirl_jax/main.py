@@ -10,6 +10,8 @@ hand-made cluster).
 
 import os
 
+import numpy as np
+
 from mirl_jax import runtime  # first: it sets XLA's flags before JAX starts
 
 import jax  # pylint: disable=wrong-import-position,g-bad-import-order
@@ -21,8 +23,10 @@ from mirl_jax import checkpointing
 from mirl_jax import config_keys
 from mirl_jax import convert
 from mirl_jax import export
+from mirl_jax import liveness
 from mirl_jax import models
 from mirl_jax import restore
+from mirl_jax import workdir_lock
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (get_config()).", lock_config=True)
@@ -47,13 +51,31 @@ flags.DEFINE_bool(
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.DEFINE_float(
+    "heartbeat_timeout",
+    60.0,
+    "Seconds without a heartbeat after which a process of a multi-process run is "
+    "declared lost: every other process then exits, naming it.",
+)
 flags.mark_flags_as_required(["config"])
+
+
+def _process_0_says(ok: bool) -> bool:
+  """Process 0's `ok`, on every process."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
 def run_train(config, workdir: str) -> None:
   from mirl_jax import train  # pylint: disable=import-outside-toplevel
 
-  train.train_and_evaluate(config, workdir)
+  with workdir_lock.one_run(
+      workdir, jax.process_index() == 0, _process_0_says, on_exit=liveness.on_exit
+  ) as check_lock:
+    train.train_and_evaluate(config, workdir, check_lock=check_lock)
 
 
 def run_evaluate(config, workdir: str) -> None:
@@ -171,11 +193,21 @@ def main(argv) -> None:
   if FLAGS.mode != "config" and not FLAGS.workdir:
     runtime.fail(f"--mode {FLAGS.mode} needs --workdir=DIR", 2)
   runtime.setup(FLAGS["verbosity"].present)
+  heartbeat = dict(
+      heartbeat_timeout_seconds=liveness.jax_heartbeat_timeout(FLAGS.heartbeat_timeout)
+  )
   if FLAGS.coordinator_address:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    jax.distributed.initialize(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, **heartbeat
+    )
   elif FLAGS.distributed:
-    jax.distributed.initialize()
-  runtime.run_cleanly(_checked(FLAGS.mode), FLAGS.config, FLAGS.workdir)
+    jax.distributed.initialize(**heartbeat)
+  liveness.start(FLAGS.heartbeat_timeout)
+  try:
+    runtime.run_cleanly(_checked(FLAGS.mode), FLAGS.config, FLAGS.workdir)
+  except BaseException as e:  # pylint: disable=broad-except
+    liveness.after_error(e)  # a multi-process run ends here, naming a lost process if one is
+    raise
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ mistake a user can make on the command line ends in one line on stderr: exit cod
 else (a config file that does not load, a mistyped config key, a bad value).
 """
 
+import errno
 import os
 import re
 import sys
@@ -32,14 +33,28 @@ import jax  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
 from absl import logging  # pylint: disable=wrong-import-position
 
+from mirl_jax import integrity  # pylint: disable=wrong-import-position
+
 #: Bad input or a diverged run: a one-line message, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+
+
+def _echoes_of_handled_errors(record) -> bool:
+  """False for logs of errors that reach the caller anyway, there reported in one line.
+
+  Orbax logs a failed save's traceback from its writer thread before re-raising
+  it; asyncio logs the futures of a failed read that nobody awaited.
+  """
+  if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+    return False
+  return not (record.name == "asyncio" and "exception was never retrieved" in record.getMessage())
 
 
 def setup(verbosity_set: bool) -> None:
   """Quiet logs unless asked (Orbax logs every save at INFO); a persistent compile cache."""
   if not verbosity_set:
     logging.set_verbosity(logging.WARNING)
+  logging.get_absl_handler().addFilter(_echoes_of_handled_errors)
   # Compiling the network takes a minute on a CPU: keep it for restarts.
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update(
@@ -49,12 +64,21 @@ def setup(verbosity_set: bool) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
+#: What a full or failing disk raises where Python itself writes (reports, logs, images).
+WRITE_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS)
+
+
 def run_cleanly(fn, *args):
-  """fn(*args); a user error ends the process with `error: ...` and exit code 1."""
+  """fn(*args); a user error or a failed write ends the process with `error: ...`, exit code 1."""
   try:
     return fn(*args)
-  except USER_ERRORS as e:
+  except (*USER_ERRORS, integrity.WriteFailed) as e:
     raise SystemExit(f"error: {e}") from e
+  except OSError as e:
+    if e.errno not in WRITE_ERRNOS:
+      raise
+    message = f"could not write {e.filename} ({errno.errorcode[e.errno]}: {e.strerror})"
+    raise SystemExit(f"error: {message}") from e
 
 
 def fail(message: str, code: int = 1):

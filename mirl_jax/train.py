@@ -18,6 +18,7 @@ from absl import logging
 from tqdm import tqdm
 
 from mirl_jax import checkpointing
+from mirl_jax import train_checkpoints
 from mirl_jax import convert
 from mirl_jax import loss_curve
 from mirl_jax import lottery
@@ -98,8 +99,10 @@ class Trainer:
 class Run:
   """One IMP run in a workdir: its checkpoints, tickets, reports and logs."""
 
-  def __init__(self, config, workdir: str, trainer: Trainer | None = None):
+  def __init__(self, config, workdir: str, trainer: Trainer | None = None, check_lock=None):
     self.config, self.workdir = config, workdir
+    # Before every save: raises if another run took the workdir over (workdir_lock.one_run).
+    self.check_lock = check_lock or (lambda: None)
     self.model = trainer.model if trainer is not None else models.PromptIR(**config.model)
     # Checked before a Trainer reads any data.
     self.theta_0 = _imported_theta_0(workdir, self.model, config.lottery.reference_pool)
@@ -112,7 +115,7 @@ class Run:
         batch="global",
         init_key=np.asarray(jax.random.key_data(self.key)).tolist(),
     )
-    self.checkpoints = checkpointing.TrainCheckpoints(workdir)
+    self.checkpoints = train_checkpoints.TrainCheckpoints(workdir)
     self.tb = reports.TensorBoard(workdir, self.is_main)
     self._late = None
 
@@ -151,11 +154,13 @@ class Run:
     trainer, cfg = self.trainer, self.config.train
     steps = trainer.steps_per_round
     state = train_step.create_train_state(trainer.model, params, trainer.tx)
-    iterator = trainer.round_data(self.config.seed, r)
     start, curve, losses = 0, [], []  # curve: (step, mean loss since the last point)
-    saved = self.checkpoints.latest_meta()
-    if saved is not None and saved["round"] == r:
-      state, restored_masks = self.checkpoints.restore(saved["step"], state, iterator)
+    make_iterator = lambda: trainer.round_data(self.config.seed, r)
+    restored = self.checkpoints.restore_latest(r, state, make_iterator)
+    if restored is None:
+      iterator = make_iterator()
+    else:
+      state, restored_masks, saved, iterator = restored
       if not all(
           np.array_equal(a, b)
           for a, b in zip(jax.tree.leaves(restored_masks), jax.tree.leaves(masks))
@@ -208,6 +213,7 @@ class Run:
         )
       if trained % cfg.checkpoint_every_steps == 0 and trained < steps:
         train_step.check_finite(metrics, r, step)  # never checkpoint a NaN
+        self.check_lock()
         self.checkpoints.save(
             r * steps + trained,
             _host(state),
@@ -223,24 +229,27 @@ class Run:
         )
       bar.update(1)
 
-    state = train_step.run_steps(
-        trainer.step_fn,
-        trainer.mesh,
-        state,
-        train_step.replicate(trainer.mesh, masks),
-        batches,
-        round_index=r,
-        callback=after_step,
-    )
-    bar.close()
-    if hasattr(iterator, "close"):
-      iterator.close()
+    try:
+      state = train_step.run_steps(
+          trainer.step_fn,
+          trainer.mesh,
+          state,
+          train_step.replicate(trainer.mesh, masks),
+          batches,
+          round_index=r,
+          callback=after_step,
+      )
+    finally:  # before any error's message, not after it at exit
+      bar.close()
+      if hasattr(iterator, "close"):
+        iterator.close()
     if self.is_main:
       loss_curve.write(self.workdir, r, curve, steps)
     return _host(state.params)
 
   def save_ticket(self, r: int, params, masks, unused_masks=None) -> None:
     """Round r's ticket: it marks the round done, so whatever goes with it is saved first."""
+    self.check_lock()
     if unused_masks is not None:
       unused = self.unused_init()
       checkpointing.save_unused(
@@ -330,5 +339,5 @@ class Run:
     return checkpointing.Ticket(params, masks, dict(self.meta, round=cfg.rounds))
 
 
-def train_and_evaluate(config, workdir: str):
-  return Run(config, workdir).train()
+def train_and_evaluate(config, workdir: str, check_lock=None):
+  return Run(config, workdir, check_lock=check_lock).train()

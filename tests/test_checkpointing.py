@@ -9,6 +9,7 @@ import pytest
 
 from conftest import TINY, TINY_MODEL_KWARGS
 from mirl_jax import checkpointing
+from mirl_jax import train_checkpoints
 from mirl_jax import masks as masks_lib
 from mirl_jax import models
 
@@ -138,12 +139,14 @@ def test_train_checkpoints_store_adam_moments_sparse_and_restore_exactly(tmp_pat
   )
   iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
   next(iterator)
-  checkpoints = checkpointing.TrainCheckpoints(str(tmp_path))
+  checkpoints = train_checkpoints.TrainCheckpoints(str(tmp_path))
   checkpoints.save(3, state, masks, iterator, {"round": 1})
 
   fresh = train_step.create_train_state(WIDER, params, train_step.make_optimizer(1e-3))
-  iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
-  restored, restored_masks = checkpoints.restore(3, fresh, iterator)
+  restored, restored_masks, meta, iterator = checkpoints.restore_latest(
+      1, fresh, lambda: iter(grain.MapDataset.range(10).to_iter_dataset())
+  )
+  assert meta["step"] == 3 and meta["round"] == 1
   assert _equal(restored.opt_state, state.opt_state) and _equal(restored_masks, masks)
   assert jax.tree.structure(restored.opt_state) == jax.tree.structure(state.opt_state)
   assert int(restored.step) == 7 and next(iterator) == 1

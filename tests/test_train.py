@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import DEMO_EVALUATIONS, ROOT
 from mirl_jax import checkpointing
+from mirl_jax import train_checkpoints
 from mirl_jax import models
 from mirl_jax import masks as masks_lib
 from mirl_jax import train
@@ -195,7 +196,7 @@ def _assert_reports(workdir, summary, counts):
 
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_tickets(finished, tmp_path, monkeypatch):
-  save = checkpointing.TrainCheckpoints.save
+  save = train_checkpoints.TrainCheckpoints.save
 
   class Preempted(Exception):
     pass
@@ -205,11 +206,11 @@ def test_an_interrupted_run_resumes_to_the_same_tickets(finished, tmp_path, monk
     if meta["round"] == 1:
       raise Preempted
 
-  monkeypatch.setattr(checkpointing.TrainCheckpoints, "save", save_then_stop)
+  monkeypatch.setattr(train_checkpoints.TrainCheckpoints, "save", save_then_stop)
   with pytest.raises(Preempted):
     train.train_and_evaluate(_config(), str(tmp_path))
   assert checkpointing.ticket_indices(str(tmp_path)) == [0]
-  monkeypatch.setattr(checkpointing.TrainCheckpoints, "save", save)
+  monkeypatch.setattr(train_checkpoints.TrainCheckpoints, "save", save)
   train.train_and_evaluate(_config(), str(tmp_path))  # resumes mid-round 1
 
   for name in ("round_00.json", "round_01.json"):  # round 1's curve spans the restart
