@@ -95,12 +95,14 @@ def normalized_gram(
 
   The same function as normalising q and k first, but the norms divide the small
   C x D product instead of the full (B, N, heads, C) tensors: two passes over
-  the largest activations fewer, forward and backward.
+  the largest activations fewer, forward and backward. One norm at a time: a
+  channel that pruning emptied has norm eps, and the product of two (1e-24)
+  squares to 0 in float32 in the division's gradient, which is then 0/0.
   """
   gram = jnp.einsum(
       "bnhc,bnhd->bhcd", q, k, precision=precision, preferred_element_type=jnp.float32
   )
-  return gram / (_norm(q, eps)[..., :, None] * _norm(k, eps)[..., None, :])
+  return gram / _norm(q, eps)[..., :, None] / _norm(k, eps)[..., None, :]
 
 
 class _Layer(nn.Module, kw_only=True):

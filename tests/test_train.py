@@ -345,7 +345,9 @@ def _ticket_digests(workdir) -> dict[str, str]:
 def test_tickets_are_bit_identical_to_those_of_the_loop_before_its_rewrite(tmp_path, variant):
   """The IMP loop was rewritten (Trainer and Run, no callbacks) to do the same: tickets of the
   frozen tiny config, rewound to init or late with kept prompts, hashed as the code at aaaba8f
-  made them (tests/data/loop_rewrite_tickets.json: its JAX version beside the hashes)."""
+  made them (tests/data/loop_rewrite_tickets.json: its JAX version beside the hashes). The
+  params' hashes were recorded again when normalized_gram's rounding changed; the masks'
+  are aaaba8f's."""
   recorded = json.loads((ROOT / "tests" / "data" / "loop_rewrite_tickets.json").read_text())
   _cli(f"{ROOT / 'tests' / 'frozen_tiny_config.py'}:{variant}", tmp_path)
   got = _ticket_digests(tmp_path)
