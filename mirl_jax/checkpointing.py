@@ -106,9 +106,11 @@ def writing(path: str):
   except integrity.WriteFailed:
     raise
   except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore wrap OS errors
+    why = integrity.reason(e)
+    fix = "free space" if why.startswith(("ENOSPC", "EDQUOT")) else "mend the cause"
     raise integrity.WriteFailed(
-        f"could not write {path} ({integrity.reason(e)}); every earlier checkpoint "
-        "and ticket is kept: free space and run the same command again to resume"
+        f"could not write {path} ({why}); every earlier checkpoint and ticket is kept: "
+        f"{fix} and run the same command again to resume"
     ) from e
 
 

@@ -26,6 +26,7 @@ from mirl_jax import masks as masks_lib
 from mirl_jax import models
 from mirl_jax import pipeline
 from mirl_jax import reports
+from mirl_jax import resources
 from mirl_jax import resume
 from mirl_jax import schedule
 from mirl_jax import train_step
@@ -271,6 +272,7 @@ class Run:
           self.config.eval.seed,
           tb=self.tb,
       )
+    resources.record(self.workdir, r)  # every process its own file: growth over rounds
 
   # --------------------------------------------------------------------------
   # The run.
