@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 KEY = "checksums"  # in a save's JSON metadata: {item: sha256, ..., "meta": sha256}
 
@@ -55,13 +56,19 @@ def seal(meta: dict, trees: dict[str, Any] | None = None, digests: dict[str, str
 
 
 def check_meta(meta: Any, where: str) -> dict:
-  """`meta` if its own digest matches; else CorruptError naming `where`."""
-  sums = meta.get(KEY) if isinstance(meta, dict) else None
+  """`meta` if its own digest matches; else CorruptError naming `where`.
+
+  A save from before checksums were kept (no KEY at all) is let through with a
+  warning: refusing it would strand every ticket made until then.
+  """
+  if not isinstance(meta, dict):
+    raise CorruptError(f"{where} is corrupted: its metadata is not a JSON object")
+  if KEY not in meta:
+    logging.warning("%s was saved without checksums (an older version): restored unchecked", where)
+    return meta
+  sums = meta[KEY]
   if not isinstance(sums, dict) or "meta" not in sums:
-    raise CorruptError(
-        f"{where} is corrupted or was saved without checksums (its metadata has no "
-        f"{KEY!r}): it cannot be trusted"
-    )
+    raise CorruptError(f"{where} is corrupted: its metadata's {KEY!r} is malformed")
   unsealed = dict(meta, **{KEY: {k: v for k, v in sums.items() if k != "meta"}})
   if json_digest(unsealed) != sums["meta"]:
     raise CorruptError(f"{where} is corrupted: its metadata does not match its checksum")
@@ -81,6 +88,8 @@ def check(
 ) -> None:
   """CorruptError naming `where` and the item if any restored item differs from what was saved."""
   check_meta(meta, where)
+  if KEY not in meta:
+    return  # saved before checksums were kept: check_meta warned
   sums = meta[KEY]
   got = {name: tree_digest(t) for name, t in (trees or {}).items()}
   got.update(digests or {})

@@ -47,8 +47,18 @@ def test_a_sealed_meta_checks_and_any_changed_value_or_item_is_named():
   renamed = {"v": tree["w"]}  # the same bytes under another name
   with pytest.raises(integrity.CorruptError, match="'ticket'"):
     integrity.check(meta, "T", trees={"ticket": renamed})
-  with pytest.raises(integrity.CorruptError, match="without checksums"):
-    integrity.check_meta({"round": 1}, "T")
+  with pytest.raises(integrity.CorruptError, match="'checksums' is malformed"):
+    integrity.check(dict(meta, checksums={"ticket": "x"}), "T", trees={"ticket": tree})
+
+
+def test_a_save_from_before_checksums_restores_with_a_warning(tmp_path, caplog, monkeypatch):
+  params, masks = _ticket()
+  monkeypatch.setattr(integrity, "seal", lambda meta, trees=None, digests=None: meta)
+  folder = checkpointing.save_ticket(str(tmp_path), 0, params, masks, {"round": 0})
+  monkeypatch.undo()
+  ticket = checkpointing.restore_ticket(str(tmp_path), 0)
+  assert _same(ticket[:2], (params, masks)) and ticket.meta == {"round": 0}
+  assert f"{folder} was saved without checksums (an older version)" in caplog.text
 
 
 def test_reason_names_the_os_error_however_deeply_it_is_wrapped():
