@@ -226,8 +226,12 @@ def test_an_interrupted_run_resumes_to_the_same_tickets(finished, tmp_path, monk
 
 
 @pytest.mark.slow
-def test_a_demo_round_in_bfloat16_ends_within_0_3_db_of_float32(tmp_path):
-  """Mixed precision (bf16 compute, float32 params, optimizer state and loss) trains as well."""
+def test_a_demo_round_in_bfloat16_loses_at_most_0_3_db_to_float32(tmp_path):
+  """Mixed precision (bf16 compute, float32 params, optimizer state and loss) trains as well.
+
+  One bound, on what bf16 may lose: the two trainings part ways at the first rounding and end
+  apart by training noise either way (bf16 0.73 dB ahead on 2026-11-28, within 0.3 before).
+  """
   from configs import demo  # pylint: disable=import-outside-toplevel
 
   flags.FLAGS.mark_as_parsed()
@@ -241,7 +245,7 @@ def test_a_demo_round_in_bfloat16_ends_within_0_3_db_of_float32(tmp_path):
     psnr[dtype] = np.mean([m["psnr"] for m in entry["results"].values()])
     input_psnr = np.mean([m["input_psnr"] for m in entry["results"].values()])
     assert psnr[dtype] > input_psnr, (dtype, psnr[dtype], input_psnr)
-  assert abs(psnr["bfloat16"] - psnr["float32"]) <= 0.3, psnr
+  assert psnr["bfloat16"] >= psnr["float32"] - 0.3, psnr
 
 
 def _perturb(r, params, masks):
