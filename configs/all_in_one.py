@@ -97,12 +97,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.import_from = ""  # the checkpoint file to import into an empty workdir
   config.import_init = ""  # its run's initial_state_dict.pth (theta_0): rounds rewind to it
 
-  # --mode export: a ticket as the reference's state dict.
+  # --mode export: a ticket as the reference's state dict, or its forward as a graph.
   config.export = ml_collections.ConfigDict(dict(
-      format="torch",                  # "torch" (torch.save) or "npz" (numpy.savez)
+      format="torch",                  # "torch" (torch.save), "npz" (numpy.savez): state dicts;
+                                       # "stablehlo" (jax.export), "onnx": the forward, weights in
       output="",                       # the file to write
       ticket=-1,                       # -1: the latest ticket in the workdir
       lightning=False,                 # torch only: Lightning's .ckpt layout ("net." keys)
+      tile=256,                        # onnx only: the fixed (1, tile, tile, 3) input it takes
       overwrite=False,                 # True: replace an existing output file
   ))
 
@@ -115,6 +117,14 @@ def get_config() -> ml_collections.ConfigDict:
       ticket=-1,                       # -1: the latest ticket in the workdir
       tile=512,                        # larger images are restored in overlapping tiles
       overlap=32,                      # pixels shared by neighbouring tiles
+  ))
+
+  # --mode serve: a web page that restores images in the browser, with a ticket of the workdir.
+  config.serve = ml_collections.ConfigDict(dict(
+      host="127.0.0.1",                # the address to bind: this machine only by default
+      port=8000,                       # 0: any free port
+      ticket=-1,                       # -1: the latest ticket in the workdir
+      tile=256,                        # the page restores images in tiles of this side
   ))
   # fmt: on
   return config

@@ -278,7 +278,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.save_images": _BOOL,
     "import_from": _STR,
     "import_init": _STR,
-    "export.format": _one_of(("torch", "npz")),  # the keys of export.FORMATS
+    "export.format": _one_of(("torch", "npz", "stablehlo", "onnx")),  # export.FORMATS' keys
+    "export.tile": (
+        (lambda v: _is_int(v) and v >= MULTIPLE and v % MULTIPLE == 0),
+        f"a multiple of {MULTIPLE}, at least {MULTIPLE}",
+    ),
     "export.output": _STR,
     "export.ticket": _int_at_least(-1),
     "export.lightning": _BOOL,
@@ -296,6 +300,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "restore.overwrite": _BOOL,
     "restore.format": _one_of(images.OUTPUT_FORMATS),
+    "serve.host": (lambda v: isinstance(v, str) and bool(v), "an address to bind, e.g. 127.0.0.1"),
+    "serve.port": ((lambda v: _is_int(v) and 0 <= v <= 65535), "a port number in [0, 65535]"),
+    "serve.ticket": _int_at_least(-1),
+    "serve.tile": (
+        (lambda v: _is_int(v) and v >= 2 * MULTIPLE and v % MULTIPLE == 0),
+        f"a multiple of {MULTIPLE}, at least {2 * MULTIPLE}",
+    ),
     "study.seeds": (
         lambda v: isinstance(v, (tuple, list)) and v and all(_is_int(x) and x >= 0 for x in v),
         "one or more integers >= 0",
@@ -354,11 +365,12 @@ def _check_relations(values: dict[str, Any]) -> None:
         True,
         "False with lottery.scope='layerwise' (the pool decides only the global threshold)",
     )
-  if values.get("export.lightning") and values.get("export.format") == "npz":
+  if values.get("export.lightning") and values.get("export.format", "torch") != "torch":
     raise _bad(
         "export.lightning",
         True,
-        "False with export.format='npz' (Lightning's layout is a torch file)",
+        f"False with export.format={values['export.format']!r} (Lightning's layout is a "
+        "torch file)",
     )
   batch, micro = values.get("data.batch_size"), values.get("train.microbatches")
   if batch is not None and micro is not None and batch % micro:

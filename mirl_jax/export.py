@@ -1,10 +1,13 @@
-"""Tickets out to PyTorch: the reference's full state dict, as torch.save or .npz files.
+"""Tickets out of the workdir: the reference's state dict, or the forward as a graph.
 
-The reference loads weights with a strict `load_state_dict`, so an export holds
-every tensor it defines: the ticket's params under their PyTorch names (see
+`torch` and `npz` write the reference's full state dict. The reference loads
+weights with a strict `load_state_dict`, so an export holds every tensor it
+defines: the ticket's params under their PyTorch names (see
 `convert.torch_name`) and the six convs its forward never uses. Those come from
 the workdir when it stored them (an imported file, or a run with
 lottery.reference_pool), else at their init values from the run's key.
+`stablehlo` and `onnx` write the ticket's forward with its weights inside, for
+runtimes without our code (see `forward_export`).
 """
 
 import os
@@ -15,10 +18,17 @@ import numpy as np
 
 from mirl_jax import checkpointing
 from mirl_jax import convert
+from mirl_jax import forward_export
 from mirl_jax import models
 
-#: File name endings per format: those `--mode import` reads back.
-FORMATS = {"torch": (".pth", ".pt", ".ckpt"), "npz": (".npz",)}
+#: File name endings per format (the state dicts': those `--mode import` reads back).
+FORMATS = {
+    "torch": (".pth", ".pt", ".ckpt"),
+    "npz": (".npz",),
+    "stablehlo": (".stablehlo", ".bin"),
+    "onnx": (".onnx",),
+}
+GRAPHS = ("stablehlo", "onnx")  # the forward as a graph, not a state dict
 
 
 def check_output(path: str, fmt: str, overwrite: bool) -> None:
@@ -89,8 +99,12 @@ def _lightning_version() -> str:
     return "2.0.0"
 
 
-def write(tensors: dict[str, np.ndarray], path: str, fmt: str, lightning: bool = False) -> None:
-  """Writes `tensors` to `path` atomically: a file beside it, renamed when complete."""
+def write(payload, path: str, fmt: str, lightning: bool = False) -> None:
+  """Writes `payload` to `path` atomically: a file beside it, renamed when complete.
+
+  `payload`: the state dict's tensors (torch, npz), the serialized bytes (stablehlo) or the
+  `onnx.ModelProto` (onnx).
+  """
   if fmt not in FORMATS:
     raise ValueError(f"export.format={fmt!r}: expected one of {tuple(FORMATS)}")
   folder = os.path.dirname(os.path.abspath(path))
@@ -99,9 +113,16 @@ def write(tensors: dict[str, np.ndarray], path: str, fmt: str, lightning: bool =
   try:
     if fmt == "npz":
       with open(tmp, "wb") as f:
-        np.savez(f, **tensors)
+        np.savez(f, **payload)
+    elif fmt == "stablehlo":
+      with open(tmp, "wb") as f:
+        f.write(payload)
+    elif fmt == "onnx":
+      import onnx  # pylint: disable=import-outside-toplevel
+
+      onnx.save_model(payload, tmp)
     else:
-      _write_torch(tensors, tmp, lightning)
+      _write_torch(payload, tmp, lightning)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
@@ -114,12 +135,16 @@ def export_ticket(config, workdir: str) -> int:
   check_output(cfg.output, cfg.format, cfg.overwrite)  # before anything is read
   model = models.PromptIR(**config.model)
   index = None if cfg.ticket < 0 else cfg.ticket
-  params, _, meta = checkpointing.restore_ticket(workdir, index, model=model)
+  if cfg.format == "onnx":
+    forward_export.check_tile(cfg.tile)
+    forward_export.onnx_converter()  # jax2onnx is there, before the ticket is read
+  params, ticket_masks, meta = checkpointing.restore_ticket(workdir, index, model=model)
   index = max(checkpointing.ticket_indices(workdir)) if index is None else index
-  write(
-      state_dict(params, unused_convs(workdir, index, model, meta, config.seed)),
-      cfg.output,
-      cfg.format,
-      cfg.lightning,
-  )
+  if cfg.format == "stablehlo":
+    payload = forward_export.stablehlo(model, params, ticket_masks)
+  elif cfg.format == "onnx":
+    payload = forward_export.onnx_model(model, params, cfg.tile, ticket_masks)
+  else:
+    payload = state_dict(params, unused_convs(workdir, index, model, meta, config.seed))
+  write(payload, cfg.output, cfg.format, cfg.lightning)
   return index

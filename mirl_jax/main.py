@@ -26,6 +26,8 @@ from mirl_jax import export
 from mirl_jax import liveness
 from mirl_jax import models
 from mirl_jax import restore
+from mirl_jax import serve
+from mirl_jax import web_export
 from mirl_jax import workdir_lock
 
 FLAGS = flags.FLAGS
@@ -36,10 +38,11 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "evaluate", "restore", "import", "export", "prepare", "config"],
+    ["train", "evaluate", "restore", "import", "export", "serve", "prepare", "config"],
     "train: run (or resume) IMP; evaluate: a ticket on the test sets; "
     "restore: your images; import: a PyTorch checkpoint and its theta_0; "
-    "export: a ticket as the reference's state dict; prepare: "
+    "export: a ticket as the reference's state dict, StableHLO or ONNX; serve: a web "
+    "page that restores images in the browser; prepare: "
     "build the datasets the config names; config: print every config "
     "key with its value and meaning.",
 )
@@ -141,6 +144,16 @@ def run_export(config, workdir: str) -> None:
   )
 
 
+def run_serve(config, workdir: str) -> None:
+  cfg = config.serve
+  serve.check_runtime()  # before a ticket is read or exported
+  model = models.PromptIR(**config.model)
+  bundle = web_export.ticket_bundle(
+      workdir, model, None if cfg.ticket < 0 else cfg.ticket, cfg.tile
+  )
+  serve.serve(bundle, host=cfg.host, port=cfg.port)
+
+
 def run_restore(config, workdir: str) -> None:
   cfg = config.restore
   # Every check on inputs and outputs comes before the network is even read.
@@ -170,6 +183,7 @@ MODES = {
     "restore": run_restore,
     "import": run_import,
     "export": run_export,
+    "serve": run_serve,
     "prepare": run_prepare,
     "config": run_config,
 }

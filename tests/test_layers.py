@@ -44,6 +44,19 @@ def test_depthwise_equals_pytorchs_grouped_conv():
   np.testing.assert_allclose(layers.depthwise3x3(x, kernel), _grouped_conv(x, kernel), atol=1e-5)
 
 
+def test_exports_trace_the_depthwise_conv_as_one_grouped_conv_with_the_same_values():
+  x, _ = _inputs(4)
+  module = layers.Depthwise3x3(5)
+  params = module.init(jax.random.key(0), x)["params"]
+  with layers.portable_forms():
+    portable = module.apply({"params": params}, x)
+    ops = str(jax.make_jaxpr(lambda x: module.apply({"params": params}, x))(x))
+  assert ops.count("conv_general_dilated") == 1 and "feature_group_count=5" in ops
+  np.testing.assert_allclose(portable, module.apply({"params": params}, x), atol=1e-5)
+  outside = str(jax.make_jaxpr(lambda x: module.apply({"params": params}, x))(x))
+  assert "conv_general_dilated" not in outside  # training keeps the shifted products
+
+
 @pytest.mark.parametrize("emptied", [False, True])
 def test_depthwise_gradients_equal_autodiffs(emptied):
   x, kernel = _inputs(1)
