@@ -46,7 +46,7 @@ from mirl_jax import train_step  # pylint: disable=wrong-import-position
 from mirl_jax import workdir_lock  # pylint: disable=wrong-import-position
 
 
-def _median(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int) -> float:
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -65,12 +65,12 @@ def _unchecked():
 
 
 def _both(fn, repeats: int) -> dict:
-  checked = _median(fn, repeats)
+  checked = median_seconds(fn, repeats)
   patches = _unchecked()
   for p in patches:
     p.start()
   try:
-    unchecked = _median(fn, repeats)
+    unchecked = median_seconds(fn, repeats)
   finally:
     for p in patches:
       p.stop()
@@ -88,7 +88,9 @@ def saves(repeats: int) -> dict:
   state = train_step.create_train_state(model, params, train_step.make_optimizer(1e-3))
   state = jax.tree.map(np.asarray, state)
   packed = checkpointing.pack_ticket(params, masks)
-  out = {"ticket_digest": {"seconds": _median(lambda: integrity.tree_digest(packed), repeats)}}
+  out = {
+      "ticket_digest": {"seconds": median_seconds(lambda: integrity.tree_digest(packed), repeats)}
+  }
   out["ticket_digest"]["megabytes"] = sum(x.nbytes for x in jax.tree.leaves(packed)) / 2**20
   with tempfile.TemporaryDirectory() as tmp:
     index = iter(range(10**6))
@@ -131,10 +133,10 @@ def steps(repeats: int, count: int = 40) -> dict:
   run()  # compile
   held, free = [], []
   for _ in range(repeats):  # interleaved, so that the machine's drift hits both alike
-    free.append(_median(run, 1) / count)
+    free.append(median_seconds(run, 1) / count)
     with tempfile.TemporaryDirectory() as tmp:
       with workdir_lock.WorkdirLock(tmp, heartbeat_s=0.05):
-        held.append(_median(run, 1) / count)
+        held.append(median_seconds(run, 1) / count)
   return {
       "demo_step_with_lock_s": statistics.median(held),
       "demo_step_without_s": statistics.median(free),

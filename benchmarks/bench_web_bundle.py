@@ -14,7 +14,6 @@ the JAX forward of the same tile.
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_integrity import median_seconds  # pylint: disable=wrong-import-position
 from mirl_jax import lottery  # pylint: disable=wrong-import-position
 from mirl_jax import masks as masks_lib  # pylint: disable=wrong-import-position
 from mirl_jax import models  # pylint: disable=wrong-import-position
@@ -44,12 +44,7 @@ def ticket_masks(params, fraction: float):
 
 def _median_seconds(fn, repeats: int) -> float:
   fn()  # compile / warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return median_seconds(fn, repeats)
 
 
 def measure(tile: int, repeats: int) -> dict:

@@ -43,6 +43,20 @@ MIME_TYPES = {
     ".json": "application/json",
     ".wasm": "application/wasm",
 }
+#: The system browser the page is tested and pictured with (Debian's `chromium`), and how to
+#: start it headless as root on a machine without outside network: without the background
+#: networking flags, Chromium's many refused connections slow it down.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Embedder-Policy": "require-corp",

@@ -1,7 +1,9 @@
 """Shared fixtures: the PyTorch reference outputs live in ../shared/fixtures; the tiny
 PromptIR every test that needs a real network builds."""
 
+import contextlib
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +83,16 @@ def eval_result(degradation, dataset, images, psnr, ssim, input_psnr, input_ssim
       input_psnr=input_psnr,
       input_ssim=input_ssim,
   )
+
+
+@contextlib.contextmanager
+def serving(server):
+  """A mirl_jax.serve server answering from a thread until the block ends."""
+  thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+  thread.start()
+  try:
+    yield server
+  finally:
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)

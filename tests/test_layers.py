@@ -8,18 +8,8 @@ import pytest
 
 from mirl_jax import layers
 
-
-def _grouped_conv(x, kernel):
-  """The reference form: a grouped (depthwise) 3x3 convolution, padding 1."""
-  return jax.lax.conv_general_dilated(
-      x,
-      kernel[:, :, None, :],
-      (1, 1),
-      ((1, 1), (1, 1)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=x.shape[-1],
-      precision="highest",
-  )
+# The reference form, PyTorch's groups=C conv: one grouped 3x3 convolution, padding 1.
+_grouped_conv = layers.grouped_depthwise3x3
 
 
 def _autodiff_form(x, kernel):

@@ -9,10 +9,10 @@ import inspect
 import json
 import re
 import socket
-import threading
 
 import pytest
 
+from conftest import serving
 from mirl_jax import serve
 
 SECRET = b"SECRET-BYTES-THAT-MUST-NEVER-BE-SERVED"
@@ -72,13 +72,8 @@ def served_tree(tmp_path_factory):
 def server(served_tree):
   """One server for the tests that only send requests."""
   web, bundle = served_tree
-  srv = serve.make_server(bundle, web_dir=web, port=0, quiet=True)
-  thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-  thread.start()
-  yield srv
-  srv.shutdown()
-  srv.server_close()
-  thread.join(timeout=10)
+  with serving(serve.make_server(bundle, web_dir=web, port=0, quiet=True)) as srv:
+    yield srv
 
 
 def request(srv, target: str, method: str = "GET"):

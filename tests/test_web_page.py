@@ -16,7 +16,6 @@ import importlib.util
 import math
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import jax
@@ -24,22 +23,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, serving
 from mirl_jax import demo_data, images, lottery, masks, models, restore, serve
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM = Path(serve.CHROMIUM)
 TILE, OVERLAP = 128, 32
 SIZE = (168, 200)  # (H, W): two tiles down and two across, each side padded differently
 TIMEOUT_MS = 180_000
@@ -65,7 +54,9 @@ def browser():
   except FileNotFoundError as error:
     _skip(str(error))
   with sync_playwright() as playwright:
-    launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    launched = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), args=list(serve.CHROMIUM_ARGS)
+    )
     yield launched
     launched.close()
 
@@ -93,13 +84,8 @@ def bundle(browser, ticket, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(bundle):
-  srv = serve.make_server(bundle, port=0, quiet=True)
-  thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-  thread.start()
-  yield srv
-  srv.shutdown()
-  srv.server_close()
-  thread.join(timeout=10)
+  with serving(serve.make_server(bundle, port=0, quiet=True)) as srv:
+    yield srv
 
 
 @pytest.fixture

@@ -19,17 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mirl_jax import demo_data  # pylint: disable=wrong-import-position
 from mirl_jax import images  # pylint: disable=wrong-import-position
-
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from mirl_jax import serve  # pylint: disable=wrong-import-position
 
 
 def noisy_demo_photo(path: Path, sigma: float, seed: int = 0) -> Path:
@@ -50,7 +40,9 @@ def main() -> None:
   from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
 
   with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
-    browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+    browser = playwright.chromium.launch(
+        executable_path=serve.CHROMIUM, args=list(serve.CHROMIUM_ARGS)
+    )
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     page.goto(args.url)
     page.wait_for_function("document.body.dataset.model !== 'loading'", timeout=300_000)
