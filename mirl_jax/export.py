@@ -123,6 +123,9 @@ def write(payload, path: str, fmt: str, lightning: bool = False) -> None:
       onnx.save_model(payload, tmp)
     else:
       _write_torch(payload, tmp, lightning)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as open() would make it, not mkstemp's owner-only 0600
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

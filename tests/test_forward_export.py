@@ -1,6 +1,7 @@
 """A ticket's forward as StableHLO and ONNX: the same outputs outside our code."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -107,6 +108,9 @@ def test_export_mode_writes_both_graph_formats_of_the_latest_ticket(tmp_path):
   x = np.random.default_rng(2).random((1, 16, 16, 3), np.float32)
   want = np.asarray(restore.make_forward(TINY, params)(x))
   assert _export(workdir, tmp_path / "t.stablehlo", format="stablehlo") == 1
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(tmp_path / "t.stablehlo").st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
   got = jax.export.deserialize((tmp_path / "t.stablehlo").read_bytes()).call(x)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
   assert _export(workdir, tmp_path / "t.onnx", format="onnx", tile=16) == 1
