@@ -28,7 +28,6 @@ FORMATS = {
     "stablehlo": (".stablehlo", ".bin"),
     "onnx": (".onnx",),
 }
-GRAPHS = ("stablehlo", "onnx")  # the forward as a graph, not a state dict
 
 
 def check_output(path: str, fmt: str, overwrite: bool) -> None:
