@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -130,6 +129,10 @@ def test_serve_mode_exports_the_ticket_and_serves_the_page_on_127_0_0_1(tmp_path
       assert manifest["ticket"] == 0 and manifest["tile"] == 32
       assert any("of the dense ONNX model" in line for line in lines)
       assert (tmp_path / "w" / "web" / "ticket_0_tile_32" / web_export.MANIFEST).exists()
-    finally:
-      proc.send_signal(signal.SIGINT)
-      proc.wait(timeout=60)
+    finally:  # SIGTERM, not SIGINT: a shell's background job (CI) starts with SIGINT ignored
+      proc.terminate()
+      try:
+        proc.wait(timeout=60)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
