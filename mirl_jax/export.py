@@ -138,7 +138,6 @@ def export_ticket(config, workdir: str) -> int:
   model = models.PromptIR(**config.model)
   index = None if cfg.ticket < 0 else cfg.ticket
   if cfg.format == "onnx":
-    forward_export.check_tile(cfg.tile)
     forward_export.onnx_converter()  # jax2onnx is there, before the ticket is read
   params, ticket_masks, meta = checkpointing.restore_ticket(workdir, index, model=model)
   index = max(checkpointing.ticket_indices(workdir)) if index is None else index

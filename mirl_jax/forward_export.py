@@ -24,6 +24,7 @@ import numpy as np
 
 from mirl_jax import layers
 from mirl_jax import masks as masks_lib
+from mirl_jax.restore import MULTIPLE
 
 #: The input the StableHLO artifact accepts: NHWC float32 in [0, 1], sides multiples of 8.
 STABLEHLO_SHAPE = "b, 8*h, 8*w, 3"
@@ -72,8 +73,8 @@ def _quiet():
 
 
 def check_tile(tile: int) -> None:
-  if tile < 8 or tile % 8:
-    raise ValueError(f"export.tile={tile}: expected a multiple of 8, at least 8")
+  if tile < MULTIPLE or tile % MULTIPLE:
+    raise ValueError(f"export.tile={tile}: expected a multiple of {MULTIPLE}, at least {MULTIPLE}")
 
 
 def onnx_model(model, params, tile: int | tuple[int, int], ticket_masks=None):

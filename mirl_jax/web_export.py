@@ -112,7 +112,7 @@ def write_bundle(
         "ticket": ticket,
         "tile": tile,
         "overlap": overlap,
-        "multiple": 8,
+        "multiple": forward_export.MULTIPLE,
         "layout": "NHWC",
         "input_shape": [1, tile, tile, 3],
         "graph": GRAPH,
