@@ -66,6 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
       warmup_epochs=15,                # linear warmup from 0, then cosine to 0
       learning_rate=2e-4,              # peak learning rate
       weight_decay=0.01,               # AdamW's, as PyTorch's default (optax's is 1e-4)
+      clip_grad_norm=0.0,              # > 0: each step's gradient scaled down to this global
+                                       # L2 norm (0: none, as the reference)
       lr_per_epoch=True,               # False: the same curve evaluated per step
       log_every_steps=50,              # TensorBoard scalars
       checkpoint_every_steps=1000,     # mid-round checkpoints (the newest two kept)

@@ -262,6 +262,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.warmup_epochs": _int_at_least(0),
     "train.learning_rate": _POSITIVE,
     "train.weight_decay": _number(0.0),
+    "train.clip_grad_norm": _number(0.0),
     "train.lr_per_epoch": _BOOL,
     "train.log_every_steps": _int_at_least(1),
     "train.checkpoint_every_steps": _int_at_least(1),

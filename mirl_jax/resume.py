@@ -41,6 +41,7 @@ _ADDED = {
     "model.remat": "none",
     "train.microbatches": 1,
     "lottery.reference_pool": False,
+    "train.clip_grad_norm": 0.0,
 }
 
 

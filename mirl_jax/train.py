@@ -86,7 +86,9 @@ class Trainer:
         self.steps_per_epoch,
         per_epoch=cfg.lr_per_epoch,
     )
-    self.tx = train_step.make_optimizer(self.lr, weight_decay=cfg.weight_decay)
+    self.tx = train_step.make_optimizer(
+        self.lr, weight_decay=cfg.weight_decay, clip_grad_norm=cfg.clip_grad_norm
+    )
     self.step_fn = train_step.make_train_step(self.mesh, microbatches=cfg.get("microbatches", 1))
 
   def round_data(self, seed: int, r: int):

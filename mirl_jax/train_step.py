@@ -92,13 +92,19 @@ def make_optimizer(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    clip_grad_norm: float = 0.0,
 ) -> optax.GradientTransformation:
   """PyTorch's AdamW defaults (decay 0.01, on every parameter).
 
   torch decays first (p *= 1 - lr*wd) and then subtracts lr * adam; optax adds
   wd * p to the adam direction and scales by -lr: the same p(1 - lr*wd) - lr*adam.
+  clip_grad_norm > 0 first scales each step's gradient down to that global L2 norm
+  (as torch's clip_grad_norm_; the reference does not clip).
   """
-  return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  adamw = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  if clip_grad_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(clip_grad_norm), adamw)
+  return adamw
 
 
 def create_train_state(model, params: Any, tx: optax.GradientTransformation) -> TrainState:

@@ -106,6 +106,29 @@ def test_adamw_matches_torch():
   np.testing.assert_allclose(np.asarray(p), w.detach().numpy(), rtol=0, atol=1e-6)
 
 
+def test_clipping_matches_torch_clip_grad_norm_then_adamw():
+  """train.clip_grad_norm: the steps above the norm are scaled down to it, the others kept."""
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(1)
+  w0 = rng.normal(size=(5, 4)).astype(np.float32)
+  grads = [scale * rng.normal(size=(5, 4)).astype(np.float32) for scale in (10.0, 0.1, 3.0)]
+  w = torch.tensor(w0, requires_grad=True)
+  opt = torch.optim.AdamW([w], lr=1e-2)
+  clipped, plain = ts.make_optimizer(1e-2, clip_grad_norm=1.0), ts.make_optimizer(1e-2)
+  p, state = jnp.asarray(w0), clipped.init(jnp.asarray(w0))
+  q, plain_state = p, plain.init(p)
+  for g in grads:
+    w.grad = torch.tensor(g)
+    torch.nn.utils.clip_grad_norm_([w], max_norm=1.0)
+    opt.step()
+    updates, state = clipped.update(jnp.asarray(g), state, p)
+    p = p + updates
+    updates, plain_state = plain.update(jnp.asarray(g), plain_state, q)
+    q = q + updates
+  np.testing.assert_allclose(np.asarray(p), w.detach().numpy(), rtol=0, atol=1e-5)
+  assert np.abs(np.asarray(p) - np.asarray(q)).max() > 1e-3  # the clipping changed the steps
+
+
 @pytest.mark.parametrize("bad_step", [1, 3])
 def test_non_finite_loss_names_round_and_step(bad_step):
   model = Net()
