@@ -95,6 +95,21 @@ def _lead_cell(found: dict | None) -> str:
   return f"{found['mean']:+.2f} ± {found['std']:.2f}, p = {found['p']:.3f}{mark}"
 
 
+def _convergence(records: list[dict]) -> list[str]:
+  """The training loss's change over the last 20% of each dense round, and over all."""
+  change = lambda e: e.get("loss_change_over_last_20pct")  # noqa: E731
+  dense = sorted((e["seed"], change(e)) for e in records if e["variant"] == DENSE)
+  known = [abs(change(e)) for e in records if change(e) is not None]
+  if not known:
+    return ["No training recorded its loss curve."]
+  per_seed = ", ".join(f"seed {s} {100 * c:+.1f}%" for s, c in dense if c is not None)
+  return [
+      "The training loss's change over each round's last 20% (mean of its last tenth against "
+      f"the tenth before): the dense round {per_seed or '—'}; over all {len(known)} trainings "
+      f"at most {100 * max(known):.1f}% either way, median {100 * np.median(known):.1f}%."
+  ]
+
+
 def write_markdown(workdir: str, records: list[dict], config) -> None:
   """Mean PSNR ± std over seeds per round and variant; IMP's lead; then per test set."""
   rounds = sorted({e["round"] for e in records})
@@ -127,6 +142,7 @@ def write_markdown(workdir: str, records: list[dict], config) -> None:
     if r > 0 and any(e["round"] == r and e["variant"] in CONTROLS for e in records):
       leads = [_lead_cell(lead(records, c, r)) for c in CONTROLS]
       lines.append(_row([str(r), f"{100 * remaining[r]:.2f}"] + leads))
+  lines += ["", "## Convergence", ""] + _convergence(records)
   lines += ["", "## Per test set (dB, mean ± std over seeds)", ""]
   lines += [_row(["round", "variant"] + tasks), _row(["---:", "---"] + ["---:"] * len(tasks))]
   first = [e for e in records if e["round"] == rounds[0]][:1]

@@ -124,6 +124,25 @@ def test_study_md_shows_means_stds_and_leads_of_the_records(tmp_path):
     assert got == cell([e["psnr"][s] for e in records if e["variant"] == "oneshot"])
 
 
+def test_study_md_says_how_flat_each_dense_rounds_loss_ended(tmp_path):
+  """Whether the dense network converged is read from its loss over the round's last 20%."""
+  changes = {("dense", 0): 0.012, ("dense", 1): -0.031, ("reinit", 0): 0.05, ("imp", 1): 0.004}
+  for (variant, seed), change in changes.items():
+    summary = dict(_summary(0 if variant == "dense" else 1, {SETS[0]: 26.0, SETS[1]: 21.0}))
+    summary["loss_change_over_last_20pct"] = change
+    records = study_reports.record(
+        str(tmp_path), study_reports.record_of(variant, seed, summary, 1.0)
+    )
+  config = ml_collections.ConfigDict(
+      dict(lottery=dict(rounds=1), study=dict(control_rounds=(1,)), train=dict(epochs=6))
+  )
+  study_reports.write_markdown(str(tmp_path), records, config)
+  text = (tmp_path / "study.md").read_text()
+  line = text.split("## Convergence\n\n", 1)[1].split("\n", 1)[0]
+  assert "the dense round seed 0 +1.2%, seed 1 -3.1%;" in line
+  assert "over all 4 trainings at most 5.0% either way, median 2.1%." in line
+
+
 def test_study_png_plots_each_variant_with_error_bars(tmp_path):
   records = _records(tmp_path)
   path = study_reports.plot(str(tmp_path), records)
