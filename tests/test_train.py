@@ -229,22 +229,25 @@ def test_an_interrupted_run_resumes_to_the_same_tickets(finished, tmp_path, monk
 def test_a_demo_round_in_bfloat16_loses_at_most_0_3_db_to_float32(tmp_path):
   """Mixed precision (bf16 compute, float32 params, optimizer state and loss) trains as well.
 
-  One bound, on what bf16 may lose: the two trainings part ways at the first rounding and end
-  apart by training noise either way (bf16 0.73 dB ahead on 2026-11-28, within 0.3 before).
+  The demo network's dense round on blind denoising (configs/ticket_study.py), where it
+  converges: two float32 seeds end 0.05 dB apart there, while the five-task demo, still
+  learning, moves by 0.2-0.5 dB with the last bit of one op, and would measure that noise.
   """
-  from configs import demo  # pylint: disable=import-outside-toplevel
+  from configs import ticket_study  # pylint: disable=import-outside-toplevel
 
   flags.FLAGS.mark_as_parsed()
   psnr = {}
   for dtype in ("float32", "bfloat16"):
-    config = demo.get_config()
+    config = ticket_study.get_config()
+    del config["study"]
     config.model.dtype = dtype
     config.lottery.rounds = 0  # the dense round only
+    config.data.update(manual_dir=str(tmp_path / "raw"), data_dir=str(tmp_path / "tfds"))
     train.train_and_evaluate(config, str(tmp_path / dtype))
     entry = json.loads((tmp_path / dtype / "summary.json").read_text())[0]
     psnr[dtype] = np.mean([m["psnr"] for m in entry["results"].values()])
     input_psnr = np.mean([m["input_psnr"] for m in entry["results"].values()])
-    assert psnr[dtype] > input_psnr, (dtype, psnr[dtype], input_psnr)
+    assert psnr[dtype] > input_psnr + 2, (dtype, psnr[dtype], input_psnr)
   assert psnr["bfloat16"] >= psnr["float32"] - 0.3, psnr
 
 
