@@ -1,7 +1,9 @@
 """The study's records, IMP's lead with its paired test, study.md and study.png, from records
-made up here, so that every number in the reports can be checked against them."""
+made up here, so that every number in the reports can be checked against them; and the
+published study (benchmarks/results, the README) against its own records."""
 
 import json
+from pathlib import Path
 
 import ml_collections
 import numpy as np
@@ -150,3 +152,29 @@ def test_study_png_plots_each_variant_with_error_bars(tmp_path):
     assert image.size == (770, 495)  # 7 x 4.5 inches at 110 dpi
     pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
   assert len(np.unique(pixels, axis=0)) > 50  # drawn on: curves, bars, labels
+
+
+def test_the_published_study_holds_every_training_and_its_tables_come_from_them(tmp_path):
+  """benchmarks/results/ticket_study.*: what the README shows is what the records give."""
+  from configs import ticket_study  # pylint: disable=import-outside-toplevel
+
+  results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+  records = json.loads((results / "ticket_study.json").read_text())
+  config = ticket_study.get_config()
+  seeds, levels = set(config.study.seeds), set(config.study.control_rounds)
+  want = {("dense", s, 0) for s in seeds}
+  want |= {(IMP, s, r) for s in seeds for r in range(1, config.lottery.rounds + 1)}
+  want |= {(c, s, r) for c in CONTROLS for s in seeds for r in levels}
+  assert {(e["variant"], e["seed"], e["round"]) for e in records} == want
+  assert len(records) == len(want) == 81 and len(seeds) >= 3 and len(levels) >= 5
+  for e in records:
+    assert set(e["psnr"]) == set(e["input_psnr"]) and e["psnr"]
+    assert e["psnr_mean"] == pytest.approx(np.mean(list(e["psnr"].values())))
+    assert e["remaining"] == pytest.approx(0.8 ** e["round"], rel=0.01)
+  assert min(0.8**r for r in levels) <= 0.11
+  study_reports.write_markdown(str(tmp_path), records, config)
+  text = (tmp_path / "study.md").read_text()
+  assert text == (results / "ticket_study.md").read_text()
+  readme = (results.parents[1] / "README.md").read_text()
+  shown = text.split("## Convergence")[0].splitlines()  # the means and IMP's leads
+  assert [line for line in shown if line.startswith("| ") and line not in readme] == []
