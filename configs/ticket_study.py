@@ -6,10 +6,10 @@ The demo's network and photographs, trained on one task, Gaussian denoising at s
 15/25/50 (blind: one network for the three): in 360 steps per round (8 epochs of 45, the
 demo's schedule) it comes near convergence there (about 6 dB above its noisy inputs, the
 loss flat within noise over the round's last 20%), where the five-task demo is still
-learning, so the variants' differences are not drowned in undertraining. Pruned for 11 rounds (0.8^11 = 8.6% of the prunable weights
-remain) with each of 3 seeds; the controls train at 5 of those levels, the lowest 8.6%:
-3 x (12 + 3 x 5) = 81 trainings. A killed study continues where it stopped when the same
-command is run again.
+learning, so the variants' differences are not drowned in undertraining. Pruned for 11
+rounds (0.8^11 = 8.6% of the prunable weights remain) with each of 3 seeds; the controls
+train at 5 of those levels, the lowest 8.6%: 3 x (12 + 3 x 5) = 81 trainings. A killed
+study continues where it stopped when the same command is run again.
 """
 
 import ml_collections

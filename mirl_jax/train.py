@@ -87,7 +87,7 @@ class Trainer:
         per_epoch=cfg.lr_per_epoch,
     )
     self.tx = train_step.make_optimizer(
-        self.lr, weight_decay=cfg.weight_decay, clip_grad_norm=cfg.clip_grad_norm
+        self.lr, weight_decay=cfg.weight_decay, clip_grad_norm=cfg.get("clip_grad_norm", 0.0)
     )
     self.step_fn = train_step.make_train_step(self.mesh, microbatches=cfg.get("microbatches", 1))
 
