@@ -11,6 +11,8 @@ checks.
 
 import contextlib
 import os
+import threading
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -100,18 +102,33 @@ def save_ticket(
 
 @contextlib.contextmanager
 def writing(path: str):
-  """A failed save (full disk, I/O error) as one WriteFailed naming it; earlier saves stay."""
+  """A failed save (full disk, I/O error) as one WriteFailed naming it; earlier saves stay.
+
+  When one item of a save fails, Orbax drops the others' futures while their
+  threads go on writing into the save's tmp dir for a moment; a save right
+  after (a retry) would remove that dir under them. So the failed save's
+  threads are joined before the error is raised.
+  """
+  before = set(threading.enumerate())
   try:
     yield
   except integrity.WriteFailed:
     raise
   except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore wrap OS errors
+    _join_new_threads(before, timeout_s=60.0)
     why = integrity.reason(e)
     fix = "free space" if why.startswith(("ENOSPC", "EDQUOT")) else "mend the cause"
     raise integrity.WriteFailed(
         f"could not write {path} ({why}); every earlier checkpoint and ticket is kept: "
         f"{fix} and run the same command again to resume"
     ) from e
+
+
+def _join_new_threads(before: set, timeout_s: float) -> None:
+  deadline = time.monotonic() + timeout_s
+  for thread in set(threading.enumerate()) - before:
+    if thread is not threading.current_thread():
+      thread.join(max(0.0, deadline - time.monotonic()))
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 
 import grain
 import jax
@@ -205,6 +206,9 @@ def test_a_failed_write_is_one_error_naming_the_save_and_keeps_every_earlier_one
   assert str(failed.value).startswith(
       f"could not write {tmp_path}/tickets/1 ({name}: {os.strerror(code)}); every earlier"
   )
+  left = {f: os.path.getsize(f) for f in _files(tmp_path / "tickets")}
+  time.sleep(0.5)  # nothing of the failed save goes on writing (a retry would remove it under it)
+  assert {f: os.path.getsize(f) for f in _files(tmp_path / "tickets")} == left
   monkeypatch.undo()
   assert checkpointing.ticket_indices(str(tmp_path)) == [0]
   assert _same(checkpointing.restore_ticket(str(tmp_path), 0)[:2], (params, masks))
