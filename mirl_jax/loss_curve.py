@@ -58,12 +58,16 @@ def figure(records: list[dict]):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for record in records:
+  colors = _distinct_colors(plt, len(records))
+  for record, color in zip(records, colors):
     steps, losses = np.asarray(record["curve"], float).reshape(-1, 2).T
     change = record["change_over_last_20pct"]
     last = "" if change is None else f", last 20%: {100 * change:+.1f}%"
     ax.plot(
-        record["round"] * record["steps"] + steps, losses, label=f"round {record['round']}{last}"
+        record["round"] * record["steps"] + steps,
+        losses,
+        color=color,
+        label=f"round {record['round']}{last}",
     )
   ax.set(xlabel="training step (all rounds)", ylabel="L1 training loss", yscale="log")
   ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))  # 0.06, not 6x10^-2
@@ -71,3 +75,13 @@ def figure(records: list[dict]):
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   return fig
+
+
+def _distinct_colors(plt, n: int) -> list:
+  """A colour per round that no other round shares: matplotlib's default cycle repeats after
+  10, so a study's 12 rounds take tab20, and longer runs a sequential map."""
+  if n <= 10:
+    return [f"C{i}" for i in range(n)]
+  if n <= 20:
+    return [plt.get_cmap("tab20")(i) for i in range(n)]
+  return [plt.get_cmap("viridis")(i / (n - 1)) for i in range(n)]

@@ -3,6 +3,7 @@
 import json
 import os
 
+import matplotlib.colors
 import numpy as np
 import pytest
 
@@ -41,3 +42,12 @@ def test_the_figure_puts_rounds_end_to_end_with_their_change(tmp_path):
   ax.figure.canvas.draw()
   labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True)]
   assert "0.2" in labels and not any("times" in t or "^" in t for t in labels)  # plain numbers
+
+
+@pytest.mark.parametrize("rounds", [4, 12, 25])
+def test_every_round_has_a_colour_of_its_own(tmp_path, rounds):
+  for r in range(rounds):  # the study's IMP run has 12 rounds; the default cycle repeats at 10
+    loss_curve.write(str(tmp_path), r, [(5, 0.3), (10, 0.2)], 10)
+  ax = loss_curve.figure(loss_curve.read(str(tmp_path))).axes[0]
+  colors = {matplotlib.colors.to_hex(line.get_color()) for line in ax.get_lines()}
+  assert len(colors) == rounds
