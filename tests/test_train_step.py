@@ -129,6 +129,27 @@ def test_clipping_matches_torch_clip_grad_norm_then_adamw():
   assert np.abs(np.asarray(p) - np.asarray(q)).max() > 1e-3  # the clipping changed the steps
 
 
+def test_global_norm_is_the_l2_norm_over_every_leaf():
+  """The step's grad_norm: the norm of all grads as one vector (what torch's
+  clip_grad_norm_ returns), an emptied tensor and a bfloat16 one included; a NaN
+  anywhere makes it NaN, which is how a diverged step is caught."""
+  rng = np.random.default_rng(0)
+  tree = {
+      "a": {
+          "kernel": rng.normal(size=(3, 3, 1, 7)).astype(np.float32),
+          "bias": np.zeros(7, np.float32),
+      },
+      "b": rng.normal(size=(5, 4)).astype(jnp.bfloat16),
+      "t": np.float32(2.5),
+  }
+  expected = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree)))
+  got = jax.jit(ts.global_norm)(tree)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+  tree["a"]["bias"][3] = np.nan
+  assert np.isnan(float(jax.jit(ts.global_norm)(tree)))
+
+
 @pytest.mark.parametrize("bad_step", [1, 3])
 def test_non_finite_loss_names_round_and_step(bad_step):
   model = Net()
