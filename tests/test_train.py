@@ -2,15 +2,14 @@
 
 import hashlib
 import json
-import platform
 import shutil
 import subprocess
 import sys
 import types
 import struct
+import zlib
 
 import jax
-import jaxlib
 import numpy as np
 import pytest
 from absl import flags
@@ -338,52 +337,57 @@ def test_the_loop_prunes_rewinds_trains_saves_and_reports_each_round(tmp_path, m
     np.testing.assert_array_equal(a, b)
 
 
-def _ticket_digests(workdir) -> dict[str, str]:
-  """sha256 of each ticket's params and masks, every array in path order, with its path."""
+def _mask_digests(workdir) -> dict[str, str]:
+  """sha256 of each ticket's masks, every array in path order, with its path."""
   digests = {}
   for index in checkpointing.ticket_indices(str(workdir)):
-    ticket = checkpointing.restore_ticket(str(workdir), index)
-    for kind, tree in (("params", ticket.params), ("masks", ticket.masks)):
-      digest = hashlib.sha256()
-      leaves = jax.tree_util.tree_leaves_with_path(tree)
-      for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
-        digest.update(f"{index}/{kind}/{jax.tree_util.keystr(path)}".encode())
-        digest.update(np.ascontiguousarray(leaf).tobytes())
-      digests[f"{index}/{kind}"] = digest.hexdigest()
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_leaves_with_path(
+        checkpointing.restore_ticket(str(workdir), index).masks
+    )
+    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+      digest.update(f"{index}/masks/{jax.tree_util.keystr(path)}".encode())
+      digest.update(np.ascontiguousarray(leaf).tobytes())
+    digests[f"{index}/masks"] = digest.hexdigest()
   return digests
+
+
+def params_sketch(params) -> dict[str, list[float]]:
+  """Each leaf's L2 norm and its projection on a fixed random unit direction, in path order.
+
+  XLA:CPU rounds by host CPU and by how it fuses the step: a step that fused otherwise moved the
+  frozen tiny config's sketch by at most 5e-6 of a leaf's norm, while training without weight
+  decay moved it by 2e-2 (dense ticket) to 2e-1 (second round) at the worst leaf."""
+  sketch = {}
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+    key = jax.tree_util.keystr(path)
+    x = np.asarray(leaf, np.float64).ravel()
+    direction = np.random.default_rng(zlib.crc32(key.encode())).standard_normal(x.size)
+    sketch[key] = [float(np.linalg.norm(x)), float(x @ direction / np.linalg.norm(direction))]
+  return sketch
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["init", "late"])
-def test_tickets_are_bit_identical_to_those_of_the_loop_before_its_rewrite(tmp_path, variant):
+def test_tickets_are_those_of_the_loop_before_its_rewrite(tmp_path, variant):
   """The IMP loop was rewritten (Trainer and Run, no callbacks) to do the same: tickets of the
-  frozen tiny config, rewound to init or late with kept prompts, hashed as the code at aaaba8f
-  made them (tests/data/loop_rewrite_tickets.json: its JAX version and CPU beside the hashes). The
-  params' hashes were recorded again when normalized_gram's rounding changed; the masks'
-  are aaaba8f's. XLA:CPU rounds by the host CPU: on another CPU the params are compared with
-  hashes that this loop made there once it had matched aaaba8f's on the recorded one."""
+  frozen tiny config, rewound to init or late with kept prompts, against those of the code before
+  (tests/data/loop_rewrite_tickets.json). The masks are bit-identical to aaaba8f's. The params
+  are compared by their sketch (params_sketch) within 2e-4 of each leaf's norm, as the loop made
+  them once its params' hashes had matched aaaba8f's, so that rounding (host CPU, XLA fusion)
+  passes and a change of training does not."""
   recorded = json.loads((ROOT / "tests" / "data" / "loop_rewrite_tickets.json").read_text())
   _cli(f"{ROOT / 'tests' / 'frozen_tiny_config.py'}:{variant}", tmp_path)
-  got = _ticket_digests(tmp_path)
-  masks = {k: v for k, v in recorded[variant].items() if k.endswith("masks")}
-  assert {k: got[k] for k in masks} == masks
-  here = (jax.__version__, jaxlib.__version__, _cpu_model())
-  other = recorded["params_on_other_cpus"].get(here[2])
-  if here[:2] == (recorded["jax"], recorded["jaxlib"]) and other:
-    assert {k: got[k] for k in other[variant]} == other[variant]  # this loop, as of then
-    return
-  if here != (recorded["jax"], recorded["jaxlib"], recorded["cpu"]):
-    pytest.skip(
-        f"params recorded with jax {recorded['jax']} on {recorded['cpu']}, here jax "
-        f"{here[0]} on {here[2]}: XLA compiles for the host CPU and may round otherwise"
-    )
-  assert got == recorded[variant]
-
-
-def _cpu_model() -> str:
-  """The CPU's model name (Linux), which XLA:CPU's code generation depends on."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.processor()
+  assert _mask_digests(tmp_path) == recorded["masks"][variant]
+  sketches = recorded["params_sketch"]
+  assert checkpointing.ticket_indices(str(tmp_path)) == [int(i) for i in sketches[variant]]
+  for index, expected in sketches[variant].items():
+    got = params_sketch(checkpointing.restore_ticket(str(tmp_path), int(index)).params)
+    assert list(got) == sketches["leaves"]
+    off = {
+        f"{index}{key}": np.abs(np.subtract(got[key], want)).max() / want[0]
+        for key, want in zip(sketches["leaves"], expected)
+    }
+    worst = max(off, key=off.get)
+    assert off[worst] <= 2e-4, f"{worst} moved {off[worst]:.2e} of its norm"
