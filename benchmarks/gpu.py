@@ -9,6 +9,11 @@ bf16 compute, fp32 params, optimizer and loss). Reported: median time after a
 warm-up, our compile time, and each side's peak device memory. Every measurement
 runs in a fresh subprocess, so its peak is its own and a hang or crash is one
 failed row (a timeout per item, within a budget of 8 minutes for the whole run).
+The JSON is rewritten after every measurement: a run killed from outside keeps them.
+
+On an H200 (2026-12-04) XLA's autotuning made our fp32 compiles outlast the default
+timeouts (the forward at 256 over 120 s, the training step over 180 s);
+`--xla_flags=--xla_gpu_autotune_level=0` brought them to 19 s and 118 s.
 
 Our fp32 forward at 256 runs on the reference's own weights (mirl_jax.convert) and
 the largest difference of the two outputs is printed: the two networks should
@@ -19,6 +24,7 @@ reference network is read from ../shared/reference/network.py, never copied.
 
     PYTHONPATH=. python benchmarks/gpu.py [--out benchmarks/results/gpu.json]
         [--no-reference] [--only forward-256-fp32 ...] [--budget 470] [--timeout S]
+        [--xla_flags "--xla_gpu_autotune_level=0"] [--cudnn-benchmark]
     PYTHONPATH=. python benchmarks/gpu.py --smoke   # tiny network, runs on a CPU too
 """
 
@@ -424,6 +430,8 @@ def header(info: dict, args, settings: list[dict], wall_s: float) -> str:
       "(jax `peak_bytes_in_use`, `torch.cuda.max_memory_allocated`). Reference: TF32 off, "
       f"cudnn.benchmark {'on' if args.cudnn_benchmark else 'off'}."
   )
+  if info.get("xla_flags"):
+    text += f" XLA_FLAGS: `{info['xla_flags']}`."
   if args.smoke:
     text += (
         "\n\n`--smoke`: a tiny network (dim 48, no repeated blocks) and tiny inputs"
@@ -481,6 +489,12 @@ def _parser() -> argparse.ArgumentParser:
       action="store_true",
       help="let cuDNN autotune the reference's convolutions, as XLA does ours",
   )
+  parser.add_argument(
+      "--xla_flags",
+      default="",
+      help="XLA flags for every child, after the environment's XLA_FLAGS (on an H200 our fp32 "
+      "compiles outlast the default timeouts unless --xla_gpu_autotune_level=0)",
+  )
   parser.add_argument("--child", help=argparse.SUPPRESS)
   return parser
 
@@ -506,15 +520,26 @@ def preflight(args) -> tuple[dict, dict]:
       raise SystemExit(
           f"error: cannot time the PyTorch reference: {why}; --no-reference to time ours alone"
       )
-  if not gpu and args.smoke:
-    env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"), SMOKE_CPU_XLA_FLAGS]))
+  smoke_flags = SMOKE_CPU_XLA_FLAGS if not gpu and args.smoke else ""
+  flags = " ".join(filter(None, [env.get("XLA_FLAGS"), smoke_flags, args.xla_flags]))
+  if flags:
+    env["XLA_FLAGS"] = flags
   return probe, env
 
 
 def measure(
-    settings: list[dict], args, gpu: bool, env: dict, check_name: str | None, deadline: float
+    settings: list[dict],
+    args,
+    gpu: bool,
+    env: dict,
+    check_name: str | None,
+    deadline: float,
+    save=lambda: None,
 ) -> None:
-  """Fills each setting's 'reference' and 'ours', one fresh child each, within the deadline."""
+  """Fills each setting's 'reference' and 'ours', one fresh child each, within the deadline.
+
+  Calls `save` after each measurement, so a run killed from outside keeps what it finished.
+  """
   start = time.perf_counter()
   sides = ([] if args.no_reference else [("reference", "torch")]) + [("ours", "jax")]
   runs = sorted(settings, key=lambda s: s["order"])
@@ -540,6 +565,7 @@ def measure(
         print(
             f"    {side}: {_progress(s[side])}  [{time.perf_counter() - start:.0f} s]", flush=True
         )
+        save()
 
 
 def main() -> None:
@@ -571,7 +597,6 @@ def main() -> None:
       else None
   )
 
-  measure(settings, args, probe["jax_platform"] == "gpu", env, check_name, start + args.budget)
   info = dict(
       probe,
       date=datetime.date.today().isoformat(),
@@ -579,30 +604,32 @@ def main() -> None:
       smoke=args.smoke,
       budget_s=args.budget,
       cudnn_benchmark=args.cudnn_benchmark,
+      xla_flags=env.get("XLA_FLAGS", ""),
       net=SMOKE_NET if args.smoke else "default",
-      wall_s=time.perf_counter() - start,
   )
-  lines = [header(info, args, settings, info["wall_s"]), ""] + table(settings)
-  check = first.get("ours", {}).get("check") if check_name else None
-  if check_name:
-    lines += ["", check_text(check, label(first))]
-  text = "\n".join(lines)
-  print("\n" + text)
-  out.write_text(
-      json.dumps(
-          dict(
-              info,
-              check=check,
-              markdown=text,
-              items=[
-                  dict(setting=label(s), **{k: v for k, v in s.items() if k != "order"})
-                  for s in settings
-              ],
-          ),
-          indent=1,
-      )
-      + "\n"
+
+  def save() -> str:
+    """The report of the rows measured so far, also written to `out`."""
+    info["wall_s"] = time.perf_counter() - start
+    lines = [header(info, args, settings, info["wall_s"]), ""] + table(settings)
+    check = first.get("ours", {}).get("check") if check_name else None
+    if check_name:
+      lines += ["", check_text(check, label(first))]
+    text = "\n".join(lines)
+    items = [
+        dict(setting=label(s), **{k: v for k, v in s.items() if k != "order"}) for s in settings
+    ]
+    partial = out.with_name(out.name + ".partial")  # replaced whole: a kill never leaves half
+    partial.write_text(
+        json.dumps(dict(info, check=check, markdown=text, items=items), indent=1) + "\n"
+    )
+    os.replace(partial, out)
+    return text
+
+  measure(
+      settings, args, probe["jax_platform"] == "gpu", env, check_name, start + args.budget, save
   )
+  print("\n" + save())
   print(f"\nwrote {out}")
 
 
