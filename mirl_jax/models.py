@@ -211,7 +211,9 @@ class PromptIR(nn.Module):
   float32 arithmetic on TPUs and GPUs too, as the reference computes).
   `scan_blocks` runs each run of identical transformer blocks as one
   `lax.scan` over their stacked params: the same arithmetic, compiled once
-  per run instead of once per block (params keep their per-block names).
+  per run instead of once per block. Params keep their per-block names; a run
+  whose params come already stacked under its key in `block_runs` (the
+  training step's layout, `scan_layout`) is scanned over them as they are.
   `remat="blocks"` keeps only each transformer block's input for the
   backward pass and recomputes the rest (`jax.checkpoint`): a training step's
   activations shrink to a fraction for one more forward; no effect on a forward.
@@ -245,16 +247,21 @@ class PromptIR(nn.Module):
         dim, heads, self.ffn_expansion_factor, dtype=dtype, precision=self.precision, name=name
     )
 
-  def _blocks(self, x, names, dim, heads):
-    """The blocks `names` in turn; one scan when there are several and params exist."""
+  def _blocks(self, x, run, dim, heads):
+    """The blocks of `run` (a key of `block_runs`) in turn; one scan when there are several
+    and params exist, over the params stacked here or, if they come so, already stacked."""
+    names = block_runs(self)[run]
     blocks = [self._block(dim, heads, name) for name in names]
     x = x.astype(jnp.float32)  # the scan's carry: what each block returns
-    if len(names) < 2 or not self.scan_blocks or self.is_initializing():
+    params = {} if self.is_initializing() else self.variables["params"]
+    if run in params:
+      stacked = params[run]
+    elif len(names) < 2 or not self.scan_blocks or self.is_initializing():
       for block in blocks:
         x = block(x)
       return x
-    params = self.variables["params"]
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[params[n] for n in names])
+    else:
+      stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[params[n] for n in names])
     template = self._block(dim, heads, remat=False).clone(parent=None)  # applied to each in turn
     body = lambda h, p: (template.apply({"params": p}, h), None)
     if self.remat == "blocks":
@@ -297,29 +304,40 @@ class PromptIR(nn.Module):
     def up(t, name):
       return pixel_shuffle(c(t.shape[-1] * 2, 3, name)(t))
 
-    def level(prefix, count):
-      return [f"{prefix}_{i}" for i in range(count)]
-
-    e1 = self._blocks(c(c1, 3, "patch_embed")(x.astype(dtype)), level("encoder_level1", n1), c1, h1)
-    e2 = self._blocks(down(e1, "down1_2"), level("encoder_level2", n2), c2, h2)
-    e3 = self._blocks(down(e2, "down2_3"), level("encoder_level3", n3), c3, h3)
-    lat = self._blocks(down(e3, "down3_4"), level("latent", n4), c4, h4)
+    e1 = self._blocks(c(c1, 3, "patch_embed")(x.astype(dtype)), "encoder_level1", c1, h1)
+    e2 = self._blocks(down(e1, "down1_2"), "encoder_level2", c2, h2)
+    e3 = self._blocks(down(e2, "down2_3"), "encoder_level3", c3, h3)
+    lat = self._blocks(down(e3, "down3_4"), "latent", c4, h4)
     lat = self._prompted(lat, 3, c4, c3)
 
     d3 = jnp.concatenate([up(lat, "up4_3"), e3], axis=-1)
-    d3 = self._blocks(c(c3, 1, "reduce_chan_level3")(d3), level("decoder_level3", n3), c3, h3)
+    d3 = self._blocks(c(c3, 1, "reduce_chan_level3")(d3), "decoder_level3", c3, h3)
     d3 = self._prompted(d3, 2, c3, c3)
 
     d2 = jnp.concatenate([up(d3, "up3_2"), e2], axis=-1)
-    d2 = self._blocks(c(c2, 1, "reduce_chan_level2")(d2), level("decoder_level2", n2), c2, h2)
+    d2 = self._blocks(c(c2, 1, "reduce_chan_level2")(d2), "decoder_level2", c2, h2)
     d2 = self._prompted(d2, 1, c2, c2)
 
     d1 = jnp.concatenate([up(d2, "up2_1"), e1], axis=-1)
-    # The decoder's last level and the refinement are one run of identical blocks.
-    d1 = self._blocks(
-        d1, level("decoder_level1", n1) + level("refinement", self.num_refinement_blocks), c2, h1
-    )
+    d1 = self._blocks(d1, "decoder_level1+refinement", c2, h1)
     return c(self.out_channels, 3, "output")(d1).astype(jnp.float32) + x
+
+
+def block_runs(model: PromptIR) -> dict[str, tuple[str, ...]]:
+  """Each run of identical transformer blocks, by its key, in the order the forward runs them:
+  the names of its blocks. The decoder's last level and the refinement are one run."""
+  n1, n2, n3, n4 = model.num_blocks
+  level = lambda prefix, count: tuple(f"{prefix}_{i}" for i in range(count))
+  return {
+      "encoder_level1": level("encoder_level1", n1),
+      "encoder_level2": level("encoder_level2", n2),
+      "encoder_level3": level("encoder_level3", n3),
+      "latent": level("latent", n4),
+      "decoder_level3": level("decoder_level3", n3),
+      "decoder_level2": level("decoder_level2", n2),
+      "decoder_level1+refinement": level("decoder_level1", n1)
+      + level("refinement", model.num_refinement_blocks),
+  }
 
 
 def param_shapes(model: nn.Module) -> dict:

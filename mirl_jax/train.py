@@ -28,6 +28,7 @@ from mirl_jax import pipeline
 from mirl_jax import reports
 from mirl_jax import resources
 from mirl_jax import resume
+from mirl_jax import scan_layout
 from mirl_jax import schedule
 from mirl_jax import train_step
 
@@ -175,7 +176,9 @@ class Run:
       start, curve = saved["step_in_round"], saved.get("loss_curve", [])
       losses = list(saved.get("loss_pending", []))  # so the curve is that of an unbroken round
       logging.warning("Resuming round %d at step %d of %d", r, start, steps)
-    state = train_step.replicate(trainer.mesh, state)
+    # The step's layout (scan_layout): each run of blocks stacked, unstacked for every save.
+    model = trainer.model
+    state = train_step.replicate(trainer.mesh, scan_layout.stack_state(_host(state), model))
     bar = tqdm(
         total=steps,
         initial=start,
@@ -195,7 +198,7 @@ class Run:
         checkpointing.save_ticket(
             self.workdir,
             0,
-            _host(state.params),
+            scan_layout.unstack(_host(state.params), model),
             masks,
             {"step": trained},
             folder=checkpointing.REWIND,
@@ -219,7 +222,7 @@ class Run:
         self.check_lock()
         self.checkpoints.save(
             r * steps + trained,
-            _host(state),
+            scan_layout.unstack_state(_host(state), model),
             masks,
             iterator,
             dict(
@@ -237,7 +240,7 @@ class Run:
           trainer.step_fn,
           trainer.mesh,
           state,
-          train_step.replicate(trainer.mesh, masks),
+          train_step.replicate(trainer.mesh, scan_layout.stack(masks, model)),
           batches,
           round_index=r,
           callback=after_step,
@@ -248,7 +251,7 @@ class Run:
         iterator.close()
     if self.is_main:
       loss_curve.write(self.workdir, r, curve, steps)
-    return _host(state.params)
+    return scan_layout.unstack(_host(state.params), model)
 
   def save_ticket(self, r: int, params, masks, unused_masks=None) -> None:
     """Round r's ticket: it marks the round done, so whatever goes with it is saved first."""
