@@ -11,7 +11,7 @@ in the same run, is in benchmarks/run_all.py (or benchmarks/bench_reference.py).
 Children run with the XLA flags every mirl_jax command sets (--xla_flags to change).
 
     python benchmarks/bench_train_step.py [--steps 5] [--batch 8] [--size 64] [--microbatches 1]
-        [--remat none|blocks] [--dtype float32|bfloat16]
+        [--remat none|blocks] [--dtype float32|bfloat16] [--layout stacked|per-block]
 """
 
 import argparse
@@ -36,23 +36,37 @@ def _peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def setup(model, batch: int, size: int, masked: bool = True) -> tuple:
+#: The state's layout: "stacked" as a round trains (mirl_jax.scan_layout), or "per-block" as
+#: checkpoints hold it (the step stacks and unstacks each run of blocks itself).
+LAYOUTS = ("stacked", "per-block")
+
+
+def setup(model, batch: int, size: int, masked: bool = True, layout: str = "stacked") -> tuple:
   """(mesh, state, masks, x, y) of a one-device step: PyTorch-scaled init params, 20% of
   them pruned if `masked` (else masks None: round 0), random images."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mirl_jax import lottery, masks as masks_lib, models, train_step as ts  # pylint: disable=import-outside-toplevel
+  from mirl_jax import lottery, masks as masks_lib, models, scan_layout, train_step as ts  # pylint: disable=import-outside-toplevel
 
   params = models.init_params(model, jax.random.key(0))
   masks = lottery.prune(params, masks_lib.dense_masks(params), 20) if masked else None
   mesh = ts.make_mesh(jax.devices()[:1])
-  state = ts.replicate(mesh, ts.create_train_state(model, params, ts.make_optimizer(2e-4)))
+  state = ts.create_train_state(model, params, ts.make_optimizer(2e-4))
+  if layout == "stacked":
+    state = scan_layout.stack_state(jax.device_get(state), model)
+    masks = None if masks is None else scan_layout.stack(masks, model)
   rng = np.random.default_rng(0)
   x, y = (ts.shard_batch(mesh, rng.random((batch, size, size, 3), np.float32)) for _ in "xy")
-  return mesh, state, ts.replicate(mesh, masks), x, y
+  return mesh, ts.replicate(mesh, state), ts.replicate(mesh, masks), x, y
 
 
 def run_step(
-    masked: bool, steps: int, batch: int, size: int, microbatches: int, model=None
+    masked: bool,
+    steps: int,
+    batch: int,
+    size: int,
+    microbatches: int,
+    model=None,
+    layout: str = "stacked",
 ) -> dict:
   """One configuration, in this process: compile, then `steps` timed steps.
 
@@ -62,7 +76,8 @@ def run_step(
   from mirl_jax import train_step as ts  # pylint: disable=import-outside-toplevel
   from mirl_jax.models import PromptIR  # pylint: disable=import-outside-toplevel
 
-  mesh, state, masks, x, y = setup(PromptIR() if model is None else model, batch, size, masked)
+  model = PromptIR() if model is None else model
+  mesh, state, masks, x, y = setup(model, batch, size, masked, layout)
   step = ts.make_train_step(mesh, microbatches=microbatches)
   t = time.perf_counter()
   compiled = step.lower(state, masks, x, y).compile()
@@ -119,6 +134,8 @@ def _child(kind: str, args) -> dict | None:
       args.remat,
       "--dtype",
       args.dtype,
+      "--layout",
+      args.layout,
   ]
   env = dict(os.environ, XLA_FLAGS=args.xla_flags)
   out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -141,6 +158,9 @@ def main():
   )
   parser.add_argument("--remat", default="none", help="PromptIR's remat (model.remat)")
   parser.add_argument("--dtype", default="float32", help="PromptIR's compute dtype (model.dtype)")
+  parser.add_argument(
+      "--layout", choices=LAYOUTS, default="stacked", help="the train state's layout (see setup)"
+  )
   parser.add_argument("--xla_flags", default=XLA_FLAGS)
   parser.add_argument(
       "--only",
@@ -165,6 +185,7 @@ def main():
                 args.size,
                 args.microbatches,
                 PromptIR(remat=args.remat, dtype=args.dtype),
+                args.layout,
             )
         )
     )
@@ -173,7 +194,8 @@ def main():
   kinds = args.only or ["masked", "dense", "prune"]
   res = {k: _child(k, args) for k in kinds}
   print(
-      f"PromptIR (default, remat={args.remat}, {args.dtype}) training step, batch {shape} "
+      f"PromptIR (default, remat={args.remat}, {args.dtype}, {args.layout} layout) training "
+      f"step, batch {shape} "
       f"in {args.microbatches} microbatch(es), CPU, median of {args.steps}, "
       f"XLA_FLAGS={args.xla_flags!r}:"
   )
