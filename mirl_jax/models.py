@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mirl_jax import layers
+from mirl_jax import attention, layers
 from mirl_jax.layers import torch_kernel_init
 
 #: PromptIR.remat: "none" keeps every activation for the backward, "blocks" only
@@ -77,34 +77,6 @@ def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
   return jax.image.resize(x, shape, "bilinear", antialias=False)
 
 
-def _norm(x: jax.Array, eps: float) -> jax.Array:
-  """max(||x||, eps) over the pixels of (B, N, heads, C): F.normalize's denominator.
-
-  sqrt(max(|x|^2, eps^2)) rather than jnp.linalg.norm: pruning can empty a
-  channel, and the norm's gradient at 0 is NaN (0/0); through the clamp it is
-  0, as in the reference.
-  """
-  x = x.astype(jnp.float32)
-  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=1), eps * eps))
-
-
-def normalized_gram(
-    q: jax.Array, k: jax.Array, precision: Any = "highest", eps: float = 1e-12
-) -> jax.Array:
-  """F.normalize(q) @ F.normalize(k)^T over the pixels, per head: (B, heads, C, D), float32.
-
-  The same function as normalising q and k first, but the norms divide the small
-  C x D product instead of the full (B, N, heads, C) tensors: two passes over
-  the largest activations fewer, forward and backward. One norm at a time: a
-  channel that pruning emptied has norm eps, and the product of two (1e-24)
-  squares to 0 in float32 in the division's gradient, which is then 0/0.
-  """
-  gram = jnp.einsum(
-      "bnhc,bnhd->bhcd", q, k, precision=precision, preferred_element_type=jnp.float32
-  )
-  return gram / _norm(q, eps)[..., :, None] / _norm(k, eps)[..., None, :]
-
-
 class _Layer(nn.Module, kw_only=True):
   """The compute dtype and matmul precision every sub-layer takes from PromptIR; keyword-only,
   so that each layer's own sizes come first and positionally."""
@@ -131,9 +103,7 @@ class Attention(_Layer):
     # Heads take contiguous channel groups; keeping pixels first (NHWC)
     # spares XLA two transposes of the largest tensors.
     q, k, v = (t.reshape(b, h * w, self.heads, c // self.heads) for t in jnp.split(qkv, 3, axis=-1))
-    attn = normalized_gram(q, k, self.precision) * temperature[:, None, None]
-    attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhcd,bnhd->bnhc", attn, v, precision=self.precision).reshape(b, h, w, c)
+    out = attention.channel_attention(q, k, v, temperature, self.precision).reshape(b, h, w, c)
     return self.pointwise(self.dim, "project_out")(out)
 
 
