@@ -51,9 +51,9 @@ def conv(
   )
 
 
-def layer_norm(name=None, dtype: Any = jnp.float32) -> nn.LayerNorm:
+def layer_norm(name=None, dtype: Any = jnp.float32) -> nn.Module:
   """Restormer's "WithBias" LayerNorm: eps 1e-5, two-pass variance (statistics in float32)."""
-  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, name=name)
+  return layers.LayerNorm(epsilon=1e-5, dtype=dtype, name=name)
 
 
 def pixel_unshuffle(x: jax.Array) -> jax.Array:

@@ -142,3 +142,32 @@ def test_gelu_is_pytorchs_exact_gelu():
   t_value.sum().backward()
   np.testing.assert_allclose(value, t_value.detach().numpy(), atol=1e-6)
   np.testing.assert_allclose(grad, tx.grad.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("emptied", [False, True])
+def test_layer_norm_equals_flaxs_in_value_and_gradients(emptied):
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((2, 5, 3, 12)) * 0.3 + 0.2, jnp.float32)
+  scale = jnp.asarray(rng.standard_normal(12), jnp.float32)
+  bias = jnp.asarray(rng.standard_normal(12), jnp.float32)
+  if emptied:  # pruned scales, and a pixel whose channels are all equal (variance 0)
+    scale = scale.at[3:5].set(0.0)
+    x = x.at[0, 1, 2].set(0.7)
+  flax_ln = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False)
+  plain = lambda x, s, b: flax_ln.apply({"params": {"scale": s, "bias": b}}, x)
+  assert _relative(layers.layer_norm(x, scale, bias), plain(x, scale, bias)) <= 1e-6
+  weights = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+  loss = lambda f: lambda *a: jnp.sum(jnp.tanh(f(*a)) * weights)
+  ours = jax.grad(loss(layers.layer_norm), argnums=(0, 1, 2))(x, scale, bias)
+  auto = jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)
+  for name, got, want in zip(("x", "scale", "bias"), ours, auto):
+    assert _relative(got, want) <= 1e-5, name
+
+
+def test_layer_norm_module_keeps_flaxs_params_and_computes_in_its_dtype():
+  x = jnp.ones((1, 2, 2, 6), jnp.float32)
+  variables = layers.LayerNorm(dtype=jnp.bfloat16).init(jax.random.key(0), x)
+  assert jax.tree.map(lambda p: (p.shape, p.dtype), variables["params"]) == jax.tree.map(
+      lambda p: (p.shape, p.dtype), nn.LayerNorm().init(jax.random.key(0), x)["params"]
+  )
+  assert layers.LayerNorm(dtype=jnp.bfloat16).apply(variables, x).dtype == jnp.bfloat16
