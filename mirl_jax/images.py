@@ -181,6 +181,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
       file.write(data)
     os.chmod(temp_name, 0o666 & ~_UMASK)  # mkstemp makes it private; outputs are not
     os.replace(temp_name, path)
+  except OSError as e:
+    Path(temp_name).unlink(missing_ok=True)
+    if e.errno is not None and e.filename is None:  # write() names no file: name it
+      raise OSError(e.errno, e.strerror, str(path)) from e
+    raise
   except BaseException:
     Path(temp_name).unlink(missing_ok=True)
     raise

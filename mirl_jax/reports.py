@@ -2,13 +2,16 @@
 
 `report_round` writes all of a ticket's reports; training, the ticket study's
 controls and `--mode evaluate` share it. Only process 0 writes; every writer
-here replaces its file atomically, so a run killed mid-write never leaves a
-truncated summary or image behind.
+here but TensorBoard's (append-only event files) replaces its file atomically,
+so a run killed mid-write never leaves a truncated summary or image behind.
 """
 
+import contextlib
 import io
 import json
 import os
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,30 +25,68 @@ SUMMARY = "summary.json"
 class TensorBoard:
   """Scalars under WORKDIR/tensorboard; a no-op on processes other than 0.
 
-  tensorboardX writes from a thread and its own flush() leaves that thread's
-  queue unwritten, so `flush` closes the event file (which drains it) and the
-  next scalars open another one: after a flush, everything is on disk.
+  tensorboardX's SummaryWriter writes from a thread and closes its file again at
+  exit: on a full disk the error comes from that thread or from its atexit hook,
+  as a traceback naming no file. Its RecordWriter writes here instead, in this
+  thread, flushed at each log point (a reader sees it at once); a failed write
+  closes the file and raises an OSError that names it.
   """
 
   def __init__(self, workdir: str, enabled: bool):
     self._directory = os.path.join(workdir, "tensorboard") if enabled else None
-    self._writer, self._files = None, 0
+    self._file, self._path, self._files = None, None, 0
 
   def scalars(self, step: int, values: dict) -> None:
     if self._directory is None:
       return
-    if self._writer is None:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    from tensorboardX import summary  # pylint: disable=import-outside-toplevel
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
 
-      self._files += 1  # files opened within one second must not share a name
-      self._writer = SummaryWriter(self._directory, filename_suffix=f".{os.getpid()}.{self._files}")
-    for name, value in values.items():
-      self._writer.add_scalar(name, float(value), step)
+    with self._naming_failures():
+      if self._file is None:
+        self._open()
+      wall_time = time.time()
+      for name, value in values.items():
+        event = event_pb2.Event(
+            wall_time=wall_time, step=int(step), summary=summary.scalar(name, float(value))
+        )
+        self._file.write(event.SerializeToString())
+      self._file.flush()
 
   def flush(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
+    """Closes the event file; the next scalars open another one."""
+    if self._file is not None:
+      with self._naming_failures():
+        self._file.close()
+      self._file = None
+
+  def _open(self) -> None:
+    # pylint: disable-next=import-outside-toplevel
+    from tensorboardX import record_writer
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+
+    os.makedirs(self._directory, exist_ok=True)
+    self._files += 1  # files opened within one second must not share a name
+    now = time.time()
+    name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.{self._files}"
+    self._path = os.path.join(self._directory, name)
+    self._file = record_writer.RecordWriter(self._path)
+    self._file.write(
+        event_pb2.Event(wall_time=now, file_version="brain.Event:2").SerializeToString()
+    )
+
+  @contextlib.contextmanager
+  def _naming_failures(self):
+    try:
+      yield
+    except OSError as e:
+      file, self._file = self._file, None
+      if file is not None:
+        try:
+          file.close()  # closes the descriptor even when its last flush fails
+        except OSError:
+          pass
+      raise OSError(e.errno, e.strerror, self._path or self._directory) from e
 
 
 def read_entries(path) -> list[dict]:

@@ -77,7 +77,8 @@ def run_cleanly(fn, *args):
   except OSError as e:
     if e.errno not in WRITE_ERRNOS:
       raise
-    message = f"could not write {e.filename} ({errno.errorcode[e.errno]}: {e.strerror})"
+    where = e.filename or "a file (the error names none)"
+    message = f"could not write {where} ({errno.errorcode[e.errno]}: {e.strerror})"
     raise SystemExit(f"error: {message}") from e
 
 

@@ -2,6 +2,7 @@
 PromptIR every test that needs a real network builds."""
 
 import contextlib
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -83,6 +84,24 @@ def eval_result(degradation, dataset, images, psnr, ssim, input_psnr, input_ssim
       input_psnr=input_psnr,
       input_ssim=input_ssim,
   )
+
+
+def tensorboard_scalars(folder) -> dict:
+  """{tag: {step: value}} from tensorboardX's event files (TFRecords of Event protos)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+
+  scalars = {}
+  for path in sorted(folder.rglob("events.out.tfevents.*")):
+    data, offset = path.read_bytes(), 0
+    while offset + 12 <= len(data):  # length (8 bytes), its CRC (4), the event, its CRC (4)
+      (length,) = struct.unpack("<Q", data[offset : offset + 8])
+      if offset + 16 + length > len(data):
+        break  # still being written
+      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+  return scalars
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Tests of mirl_jax.images: every common file layout becomes RGB uint8, bad files fail clearly;
 user files for restoration are read and written back in kind."""
 
+import errno
 import io
 import os
 
@@ -140,6 +141,26 @@ def test_write_png_is_atomic_on_failure(tmp_path, monkeypatch):
   monkeypatch.setattr(os, "replace", fail)
   with pytest.raises(OSError, match="disk full"):
     images.write_png(target, _rgb(seed=2))
+  assert target.read_bytes() == before
+  assert os.listdir(tmp_path) == ["keep.png"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_error_names_the_file_being_written(tmp_path, monkeypatch):
+  """A failed write() names no file; the error must name the one the user will look for."""
+  target = tmp_path / "keep.png"
+  images.write_png(target, _rgb(seed=1))
+  before = target.read_bytes()
+
+  def full_disk(handle, mode):
+    os.close(handle)
+    return open("/dev/full", mode)  # pylint: disable=unspecified-encoding
+
+  monkeypatch.setattr(os, "fdopen", full_disk)
+  with pytest.raises(OSError) as raised:
+    images.write_png(target, _rgb(seed=2))
+  assert raised.value.errno == errno.ENOSPC
+  assert raised.value.filename == str(target)
   assert target.read_bytes() == before
   assert os.listdir(tmp_path) == ["keep.png"]
 

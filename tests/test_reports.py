@@ -1,13 +1,17 @@
 """summary.json and study.json: one entry per round, replaced when a round is redone, written
-so that a killed run never leaves half a file; what the PSNR plot and the sample grid show."""
+so that a killed run never leaves half a file; what the PSNR plot and the sample grid show;
+TensorBoard scalars on disk at each log point, and a full disk named."""
 
+import errno
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import eval_result
+from conftest import eval_result, tensorboard_scalars
 from mirl_jax import reports
 
 COUNTS = dict(params=200, prunable=150, alive=120, nonzero=170, remaining=0.8)
@@ -117,3 +121,50 @@ def test_the_sample_grid_names_its_columns_and_rows_and_gives_each_tiles_psnr():
       psnr = 10 * np.log10(1 / np.mean((image.astype(np.float32) - c) ** 2))
       assert ax.get_xlabel() == f"{psnr:.2f} dB"
     assert line[2].get_xlabel() == ""
+
+
+def test_tensorboard_scalars_are_on_disk_at_each_log_point_and_across_files(tmp_path):
+  tb = reports.TensorBoard(str(tmp_path), enabled=True)
+  tb.scalars(3, {"train/loss": 0.5, "train/lr": 2e-4})
+  assert tensorboard_scalars(tmp_path / "tensorboard") == {
+      "train/loss": {3: 0.5},
+      "train/lr": {3: pytest.approx(2e-4)},
+  }
+  tb.flush()
+  tb.scalars(6, {"train/loss": 0.25})  # another file, not one that overwrites the first
+  tb.flush()
+  assert len(os.listdir(tmp_path / "tensorboard")) == 2
+  assert tensorboard_scalars(tmp_path / "tensorboard")["train/loss"] == {3: 0.5, 6: 0.25}
+  reports.TensorBoard(str(tmp_path / "other"), enabled=False).scalars(1, {"x": 1.0})
+  assert not (tmp_path / "other").exists()  # processes other than 0 write nothing
+
+
+_FULL_DISK_SCRIPT = """
+import sys
+from tensorboardX import record_writer
+from mirl_jax import reports
+
+record_writer.open_file = lambda path: open("/dev/full", "wb")  # every write: ENOSPC
+tb = reports.TensorBoard(sys.argv[1], enabled=True)
+try:
+  tb.scalars(1, {"train/loss": 0.5})
+except OSError as e:
+  print(e.errno, e.filename)
+tb.flush()  # nothing left open to fail again
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_under_tensorboard_names_its_file_and_leaves_no_traceback(tmp_path):
+  """The error names the event file; no thread or exit hook of the writer prints one later."""
+  done = subprocess.run(
+      [sys.executable, "-c", _FULL_DISK_SCRIPT, str(tmp_path)],
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+  assert done.returncode == 0, done.stderr
+  number, filename = done.stdout.split()
+  assert int(number) == errno.ENOSPC
+  assert filename.startswith(f"{tmp_path}/tensorboard/events.out.tfevents."), filename
+  assert "Traceback" not in done.stderr and "Exception" not in done.stderr, done.stderr

@@ -20,6 +20,28 @@ def test_user_errors_end_the_process_with_one_line():
   assert str(stop.value) == "error: config.model.dim=-1: expected a positive width"
 
 
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (
+            OSError(28, "No space left on device", "/w/summary.json"),
+            "error: could not write /w/summary.json (ENOSPC: No space left on device)",
+        ),
+        (
+            OSError(5, "Input/output error"),
+            "error: could not write a file (the error names none) (EIO: Input/output error)",
+        ),
+    ],
+)
+def test_a_failed_write_ends_the_process_with_one_line(error, line):
+  def write():
+    raise error
+
+  with pytest.raises(SystemExit) as stop:
+    runtime.run_cleanly(write)
+  assert str(stop.value) == line
+
+
 def test_programming_errors_keep_their_traceback():
   def broken():
     raise KeyError("a bug, not bad input")

@@ -31,7 +31,7 @@ ROUNDS = 16
 # a round crosses the RSS bound.
 PEAK_GROWTH_MB = 60
 RSS_GROWTH_MB = 80
-# OS threads (XLA's pools, orbax's and tensorboardX's background threads) come and go around a
+# OS threads (XLA's pools, orbax's background threads) come and go around a
 # round's end: 99 to 103 measured from round 2 on. A thread left behind per round would be +13.
 THREAD_SLACK = 4
 

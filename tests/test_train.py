@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import types
-import struct
 import zlib
 
 import jax
@@ -15,7 +14,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from conftest import DEMO_EVALUATIONS, ROOT
+from conftest import DEMO_EVALUATIONS, ROOT, tensorboard_scalars
 from mirl_jax import checkpointing
 from mirl_jax import train_checkpoints
 from mirl_jax import models
@@ -113,24 +112,6 @@ def _image(path) -> np.ndarray:
   return pixels
 
 
-def _tensorboard_scalars(folder) -> dict:
-  """{tag: {step: value}} from tensorboardX's event files (TFRecords of Event protos)."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
-
-  scalars = {}
-  for path in sorted(folder.rglob("events.out.tfevents.*")):
-    data, offset = path.read_bytes(), 0
-    while offset + 12 <= len(data):  # length (8 bytes), its CRC (4), the event, its CRC (4)
-      (length,) = struct.unpack("<Q", data[offset : offset + 8])
-      if offset + 16 + length > len(data):
-        break  # still being written
-      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
-      offset += 12 + length + 4
-      for value in event.summary.value:
-        scalars.setdefault(value.tag, {})[event.step] = value.simple_value
-  return scalars
-
-
 def _assert_reports(workdir, summary, counts):
   """What round 1 left for a reader: the plot, the samples, its tables and scalars."""
   plot = _image(workdir / "psnr_vs_remaining.png")
@@ -181,7 +162,7 @@ def _assert_reports(workdir, summary, counts):
       for name in summary[0]["results"]
       for k in ("psnr", "ssim")
   }
-  scalars = _tensorboard_scalars(workdir / "tensorboard")  # on disk once a round is reported
+  scalars = tensorboard_scalars(workdir / "tensorboard")  # on disk once a round is reported
   for tag, steps in want.items():
     assert set(scalars.get(tag, ())) == steps, (tag, scalars.get(tag))
   assert scalars["sparsity/remaining"] == pytest.approx(
