@@ -181,14 +181,18 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
       file.write(data)
     os.chmod(temp_name, 0o666 & ~_UMASK)  # mkstemp makes it private; outputs are not
     os.replace(temp_name, path)
-  except OSError as e:
+  except BaseException as e:
     Path(temp_name).unlink(missing_ok=True)
-    if e.errno is not None and e.filename is None:  # write() names no file: name it
-      raise OSError(e.errno, e.strerror, str(path)) from e
+    if isinstance(e, OSError):
+      raise_naming(e, path)
     raise
-  except BaseException:
-    Path(temp_name).unlink(missing_ok=True)
-    raise
+
+
+def raise_naming(error: OSError, path: str | os.PathLike) -> None:
+  """Raises `error` again naming `path` if it names no file (as a failed write() or flush()),
+  so that a full disk's one-line error says which file it stopped; else returns."""
+  if error.errno is not None and error.filename is None:
+    raise OSError(error.errno, error.strerror, str(path)) from error
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:

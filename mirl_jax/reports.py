@@ -29,7 +29,7 @@ class TensorBoard:
   exit: on a full disk the error comes from that thread or from its atexit hook,
   as a traceback naming no file. Its RecordWriter writes here instead, in this
   thread, flushed at each log point (a reader sees it at once); a failed write
-  closes the file and raises an OSError that names it.
+  closes the file and raises an OSError that names it (`images.raise_naming`).
   """
 
   def __init__(self, workdir: str, enabled: bool):
@@ -86,7 +86,8 @@ class TensorBoard:
           file.close()  # closes the descriptor even when its last flush fails
         except OSError:
           pass
-      raise OSError(e.errno, e.strerror, self._path or self._directory) from e
+      images.raise_naming(e, self._path or self._directory)
+      raise
 
 
 def read_entries(path) -> list[dict]:
