@@ -11,8 +11,10 @@ checks.
 
 import contextlib
 import os
+import sys
 import threading
 import time
+import traceback
 from typing import Any, NamedTuple
 
 import jax
@@ -110,6 +112,7 @@ def writing(path: str):
   threads are joined before the error is raised.
   """
   before = set(threading.enumerate())
+  _drop_late_callbacks()
   try:
     yield
   except integrity.WriteFailed:
@@ -136,6 +139,7 @@ def _join_new_threads(before: set, timeout_s: float) -> None:
 @contextlib.contextmanager
 def reading(path: str):
   """A save that Orbax or TensorStore cannot read as a CorruptError naming it."""
+  _drop_late_callbacks()
   try:
     yield
   except (integrity.CorruptError, KeyboardInterrupt):
@@ -144,6 +148,34 @@ def reading(path: str):
     raise integrity.CorruptError(
         f"{path} is corrupted: it cannot be read ({integrity.reason(e)})"
     ) from e
+
+
+def _drop_late_callbacks() -> None:
+  """The siblings of a failed read or write finish quietly: the failure is reported once.
+
+  Orbax runs an item's TensorStore reads and writes on an event loop that it
+  closes as soon as one of them fails; the others finish later on
+  TensorStore's threads, and their callbacks meet the closed loop. Python
+  reports each as an unraisable `RuntimeError: Event loop is closed` with a
+  traceback, around the one error that names the save. Only those are
+  dropped, from the first read or write on (they may come before the error
+  reaches us); any other unraisable error goes to the hook that was there.
+  """
+  if getattr(sys.unraisablehook, "drops_late_callbacks", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    late = (
+        isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"
+    )
+    frames = {f.name for f in traceback.extract_tb(unraisable.exc_traceback)}
+    if not (late and "call_soon_threadsafe" in frames):
+      previous(unraisable)
+
+  hook.drops_late_callbacks = True
+  sys.unraisablehook = hook
 
 
 def ticket_indices(workdir: str, folder: str = TICKETS) -> list[int]:

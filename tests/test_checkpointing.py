@@ -1,7 +1,10 @@
 """Sparse tickets in Orbax checkpoints."""
 
+import gc
 import os
 import re
+import sys
+import time
 
 import jax
 import numpy as np
@@ -116,6 +119,35 @@ def test_restore_errors(tmp_path):
   ), message
   assert message.endswith("is --config the one the run was made with?")
   assert os.listdir(tmp_path / "tickets") == ["0"]  # nothing was touched
+
+
+def test_a_ticket_that_cannot_be_read_is_reported_once_without_its_reads_tracebacks(
+    tmp_path, monkeypatch
+):
+  """The reads that outlive the failed one leave no `Event loop is closed` tracebacks."""
+  params, masks = _ticket(model=WIDER)
+  folder = checkpointing.save_ticket(str(tmp_path), 0, params, masks, {})
+  data = max(
+      (os.path.join(d, f) for d, _, files in os.walk(folder) for f in files), key=os.path.getsize
+  )
+  with open(data, "r+b") as f:  # damage every block of the values, so most reads fail
+    for position in range(200, os.path.getsize(data), 997):
+      f.seek(position)
+      byte = f.read(1)[0]
+      f.seek(position)
+      f.write(bytes([byte ^ 0x10]))
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", reported.append)
+  for _ in range(5):
+    with pytest.raises(checkpointing.integrity.CorruptError, match=r"0 is corrupted: it cannot"):
+      checkpointing.restore_ticket(str(tmp_path), 0, model=WIDER)
+  time.sleep(1.0)  # the other reads finish on TensorStore's threads
+  gc.collect()
+  assert [repr(u.exc_value) for u in reported] == []
+  other = type("Unraisable", (), dict(exc_value=RuntimeError("Event loop is closed")))
+  other.exc_traceback = None  # not a callback meeting a closed loop: passed on
+  sys.unraisablehook(other)
+  assert reported == [other]
 
 
 def test_train_checkpoints_store_adam_moments_sparse_and_restore_exactly(tmp_path):
