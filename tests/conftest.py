@@ -2,6 +2,7 @@
 PromptIR every test that needs a real network builds."""
 
 import contextlib
+import os
 import struct
 import sys
 import threading
@@ -21,6 +22,16 @@ from tiny_config import get_config as tiny_config  # pylint: disable=wrong-impor
 # processes load as a config file, so tests in-process and on the command line share it.
 TINY_MODEL_KWARGS = tiny_config().model.to_dict()
 TINY = models.PromptIR(**TINY_MODEL_KWARGS)
+
+
+def flip_bit(path, position=None) -> None:
+  """Flips one bit of the byte at `position` (default: the middle) of the file at `path`."""
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2 if position is None else position)
+    byte = f.read(1)[0]
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte ^ 0x10]))
+
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 REFERENCE = FIXTURES / "promptir_reference.npz"

@@ -10,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY, TINY_MODEL_KWARGS
+from conftest import TINY, TINY_MODEL_KWARGS, flip_bit
 from mirl_jax import checkpointing
+from mirl_jax import integrity
 from mirl_jax import train_checkpoints
 from mirl_jax import masks as masks_lib
 from mirl_jax import models
@@ -130,16 +131,12 @@ def test_a_ticket_that_cannot_be_read_is_reported_once_without_its_reads_traceba
   data = max(
       (os.path.join(d, f) for d, _, files in os.walk(folder) for f in files), key=os.path.getsize
   )
-  with open(data, "r+b") as f:  # damage every block of the values, so most reads fail
-    for position in range(200, os.path.getsize(data), 997):
-      f.seek(position)
-      byte = f.read(1)[0]
-      f.seek(position)
-      f.write(bytes([byte ^ 0x10]))
+  for position in range(200, os.path.getsize(data), 997):  # every block: most reads fail
+    flip_bit(data, position)
   reported = []
   monkeypatch.setattr(sys, "unraisablehook", reported.append)
   for _ in range(5):
-    with pytest.raises(checkpointing.integrity.CorruptError, match=r"0 is corrupted: it cannot"):
+    with pytest.raises(integrity.CorruptError, match=r"0 is corrupted: it cannot"):
       checkpointing.restore_ticket(str(tmp_path), 0, model=WIDER)
   time.sleep(1.0)  # the other reads finish on TensorStore's threads
   gc.collect()

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, flip_bit
 from mirl_jax import checkpointing
 from mirl_jax import train_checkpoints
 from mirl_jax import integrity
@@ -80,14 +80,6 @@ def _files(folder):
   return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names)
 
 
-def _flip(path, position):
-  with open(path, "r+b") as f:
-    f.seek(position)
-    byte = f.read(1)[0]
-    f.seek(position)
-    f.write(bytes([byte ^ 0x10]))
-
-
 def _flips(paths):
   """(file, byte position) pairs: the first, middle and last byte of every file."""
   for path in paths:
@@ -107,7 +99,7 @@ def _each_flip(folder, restore, original, paths=None):
   for path, position in list(_flips(paths or _files(folder))):
     if not os.path.exists(folder):
       shutil.copytree(backup, folder)
-    _flip(path, position)
+    flip_bit(path, position)
     try:
       got = restore()
     except integrity.CorruptError as e:
@@ -118,7 +110,7 @@ def _each_flip(folder, restore, original, paths=None):
       unread.add(os.path.relpath(path, folder))
     finally:
       if os.path.exists(path):
-        _flip(path, position)
+        flip_bit(path, position)
   shutil.rmtree(folder, ignore_errors=True)
   shutil.move(backup, folder)
   return detected, unread
@@ -136,7 +128,7 @@ def test_a_flipped_bit_in_any_file_of_a_ticket_is_caught_or_harmless(tmp_path):
     assert any(name.startswith(kind) for name in detected), (kind, detected)
   assert "_CHECKPOINT_METADATA" in unread and "commit_success.txt" in unread
   with pytest.raises(integrity.CorruptError, match="2 is corrupted"):
-    _flip(os.path.join(folder, "meta", "metadata"), 3)
+    flip_bit(os.path.join(folder, "meta", "metadata"), 3)
     checkpointing.ticket_meta(str(tmp_path), 2)
 
 
@@ -177,12 +169,12 @@ def test_a_corrupted_newest_checkpoint_is_named_and_the_one_before_is_used(tmp_p
     assert any(name.startswith(kind) for name in detected), (kind, detected)
 
   # The run goes on from the checkpoint before, and says which one it skipped and why.
-  _flip(os.path.join(newest, "meta", "metadata"), 5)
+  flip_bit(os.path.join(newest, "meta", "metadata"), 5)
   state_back, _, meta, it = fresh().restore_latest(1, state, _iterator)
   assert meta["step"] == 3 and next(it) == 1 and int(state_back.step) == 5
   assert f"{newest} is corrupted" in caplog.text and "older checkpoint is used" in caplog.text
   data_file = os.path.join(checkpoints.directory, "3", "data", "process_0-of-1.json")
-  _flip(data_file, os.path.getsize(data_file) // 2)
+  flip_bit(data_file, os.path.getsize(data_file) // 2)
   assert fresh().latest_meta()["step"] == 3  # its metadata still holds
   assert fresh().restore_latest(1, state, _iterator) is None  # no good one: restart the round
   assert not os.path.exists(newest) and fresh().latest_meta() is None  # both removed

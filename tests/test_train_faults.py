@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import flip_bit
 from mirl_jax import checkpointing
 from mirl_jax import train_checkpoints
 
@@ -135,14 +136,6 @@ def _start(shared, workdir, *args, fault=None):
   )
 
 
-def _flip_bit(path, position=None):
-  with open(path, "r+b") as f:
-    f.seek(os.path.getsize(path) // 2 if position is None else position)
-    byte = f.read(1)[0]
-    f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte ^ 0x10]))
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(shared):
   workdir = shared / "uninterrupted"
@@ -209,7 +202,7 @@ def test_a_run_killed_again_and_again_ends_as_if_never_killed(shared, uninterrup
   # written, never committed.
   newest = workdir / "checkpoints" / str(STEPS_PER_ROUND + 9)
   data = max((p for p in (newest / "ticket").rglob("*") if p.is_file()), key=os.path.getsize)
-  _flip_bit(data)
+  flip_bit(data)
   log = killed(("save", f"checkpoints/{STEPS_PER_ROUND + 12}"))
   assert f"{newest} is corrupted: " in log and "an older checkpoint is used instead" in log
   assert f"Resuming round 1 at step 6 of {STEPS_PER_ROUND}" in log
@@ -271,7 +264,7 @@ def test_a_corrupted_ticket_is_refused_by_name_by_every_mode(shared, uninterrupt
   shutil.copytree(uninterrupted, workdir)
   ticket = workdir / "tickets" / "1"
   data = max((p for p in (ticket / "ticket").rglob("*") if p.is_file()), key=os.path.getsize)
-  _flip_bit(data)
+  flip_bit(data)
   image = next((shared / "demo" / "raw").rglob("*.png"))
   for mode in (
       ["--config.lottery.rounds=2"],
