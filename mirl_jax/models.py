@@ -8,10 +8,12 @@ Initialisers reproduce PyTorch's, since magnitude pruning from init depends
 on the scale of every tensor.
 """
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+from jax.extend.random import threefry2x32_p
 import jax.numpy as jnp
 import numpy as np
 
@@ -348,19 +350,56 @@ def init_params(model: nn.Module, key: jax.Array) -> dict:
     raise ValueError(f"No PyTorch init rule for parameter {name}")
 
   kinds = [kind(n) for n in names]
-  total = sum(s.size for (_, s), k in zip(flat, kinds) if k in ("symmetric", "unit"))
-
-  # Slicing 35M values into ~550 tensors is cheap in numpy but makes XLA
-  # compile for many seconds, so only the draw itself is compiled.
-  u = np.asarray(jax.jit(lambda k: jax.random.uniform(k, (total,)))(key))
-  leaves, offset = [], 0
-  for (_, s), name, k in zip(flat, names, kinds):
-    if k in ("ones", "zeros"):
-      leaves.append(np.full(s.shape, 1.0 if k == "ones" else 0.0, np.float32))
-      continue
-    part = u[offset : offset + s.size].reshape(s.shape)
-    offset += s.size
+  leaves = [
+      np.full(s.shape, 1.0 if k == "ones" else 0.0, np.float32)
+      if k in ("ones", "zeros")
+      else np.empty(s.shape, np.float32)
+      for (_, s), k in zip(flat, kinds)
+  ]
+  # One draw split in path order, into leaves of their own (no view pins a big buffer).
+  drawn = [leaf for leaf, k in zip(leaves, kinds) if k in ("symmetric", "unit")]
+  uniform_into(key, drawn)
+  for leaf, name, k in zip(leaves, names, kinds):
     if k == "symmetric":
-      part = (2.0 * part - 1.0) * np.float32(bound(name))
-    leaves.append(part)
+      leaf *= 2.0
+      leaf -= 1.0
+      leaf *= np.float32(bound(name))
   return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def uniform_into(key: jax.Array, arrays: Sequence[np.ndarray], chunk: int = 1 << 22) -> None:
+  """Fills float32 `arrays`, in order, with `jax.random.uniform(key, (their total size,))`.
+
+  Bit for bit that draw, `chunk` values at a time: XLA's whole draw holds four
+  times its output in temporaries (0.5 GiB for the default network, more than
+  its forward). With threefry's partitionable counters (JAX's default) value i
+  depends on i alone. Split in numpy: ~550 slices in XLA compile for seconds.
+  """
+  total = sum(a.size for a in arrays)
+  if not jax.config.jax_threefry_partitionable or total >= 2**32:
+    stream = iter([np.asarray(jax.jit(lambda k: jax.random.uniform(k, (total,)))(key))])
+  else:
+    draw = _uniform_chunk(chunk)
+    stream = (
+        np.asarray(draw(jax.random.key_data(key), np.uint32(s))) for s in range(0, total, chunk)
+    )
+  values, used = np.empty(0, np.float32), 0
+  for a in arrays:
+    flat, filled = a.reshape(-1), 0
+    while filled < a.size:
+      if used == values.size:
+        values, used = next(stream), 0
+      n = min(a.size - filled, values.size - used)
+      flat[filled : filled + n] = values[used : used + n]
+      filled, used = filled + n, used + n
+
+
+@functools.cache
+def _uniform_chunk(chunk: int):
+  def draw(key_data, start):  # jax.random.uniform's bits-to-float, on counters start + i
+    low = start + jax.lax.iota(jnp.uint32, chunk)
+    bits1, bits2 = threefry2x32_p.bind(key_data[0], key_data[1], jnp.zeros_like(low), low)
+    mantissa = jax.lax.shift_right_logical(bits1 ^ bits2, jnp.uint32(32 - 23))
+    return jax.lax.bitcast_convert_type(mantissa | jnp.uint32(0x3F800000), jnp.float32) - 1.0
+
+  return jax.jit(draw)

@@ -80,6 +80,42 @@ def test_init_params_follows_pytorch_and_is_reproducible():
   assert jax.tree.map(np.shape, models.init_params(model, jax.random.key(0))) == shapes
 
 
+@pytest.mark.parametrize(
+    "sizes,chunk", [([3, 7], 4), ([5, 1000, 2], 64), ([1, 1, 1], 2), ([300], 1 << 22)]
+)
+def test_uniform_into_is_jax_random_uniform_bit_for_bit(sizes, chunk):
+  """Drawn in chunks, but the very values of one whole draw: rewinding to θ0 keeps working
+  for runs whose tickets were drawn before (their init is re-created from the key)."""
+  key = jax.random.key(11)
+  arrays = [np.empty(n, np.float32) for n in sizes]
+  models.uniform_into(key, arrays, chunk)
+  whole = np.asarray(jax.random.uniform(key, (sum(sizes),)))
+  assert np.array_equal(np.concatenate(arrays).view(np.uint32), whole.view(np.uint32))
+
+
+def test_init_params_are_one_uniform_draw_split_in_path_order():
+  model = models.PromptIR(**MULTI_HEAD)
+  params = models.init_params(model, jax.random.key(5))
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  drawn = [(p, v) for p, v in flat if p[-1].key == "kernel" or p[-1].key == "prompt_param"]
+  drawn += [(p, v) for p, v in flat if p[-1].key == "bias" and np.any(v != 0)]
+  order = {jax.tree_util.keystr(p): i for i, (p, _) in enumerate(flat)}
+  drawn.sort(key=lambda pv: order[jax.tree_util.keystr(pv[0])])
+  whole = np.asarray(jax.random.uniform(jax.random.key(5), (sum(v.size for _, v in drawn),)))
+  offset = 0
+  for path, value in drawn:
+    part = whole[offset : offset + value.size].reshape(value.shape)
+    offset += value.size
+    if path[-1].key != "prompt_param":
+      kernel = params
+      for k in path[:-1]:
+        kernel = kernel[k.key]
+      bound = np.float32(np.prod(kernel["kernel"].shape[:-1]) ** -0.5)
+      part = (2.0 * part - 1.0) * bound
+    np.testing.assert_array_equal(value, part, err_msg=jax.tree_util.keystr(path))
+  assert all(leaf.base is None for leaf in jax.tree.leaves(params))  # no view pins another
+
+
 def test_module_initialisers_follow_pytorch():
   """Flax's own init (`PromptIR().init`) draws from the same distributions."""
   x = jnp.zeros((1, 16, 16, 16))
