@@ -376,7 +376,8 @@ def uniform_into(key: jax.Array, arrays: Sequence[np.ndarray], chunk: int = 1 <<
   depends on i alone. Split in numpy: ~550 slices in XLA compile for seconds.
   """
   total = sum(a.size for a in arrays)
-  if not jax.config.jax_threefry_partitionable or total >= 2**32:
+  threefry = str(jax.random.key_impl(key)) == "threefry2x32"
+  if not (threefry and jax.config.jax_threefry_partitionable) or total >= 2**32:
     stream = iter([np.asarray(jax.jit(lambda k: jax.random.uniform(k, (total,)))(key))])
   else:
     draw = _uniform_chunk(chunk)

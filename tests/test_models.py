@@ -83,10 +83,11 @@ def test_init_params_follows_pytorch_and_is_reproducible():
 @pytest.mark.parametrize(
     "sizes,chunk", [([3, 7], 4), ([5, 1000, 2], 64), ([1, 1, 1], 2), ([300], 1 << 22)]
 )
-def test_uniform_into_is_jax_random_uniform_bit_for_bit(sizes, chunk):
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_uniform_into_is_jax_random_uniform_bit_for_bit(sizes, chunk, impl):
   """Drawn in chunks, but the very values of one whole draw: rewinding to θ0 keeps working
   for runs whose tickets were drawn before (their init is re-created from the key)."""
-  key = jax.random.key(11)
+  key = jax.random.key(11, impl=impl)
   arrays = [np.empty(n, np.float32) for n in sizes]
   models.uniform_into(key, arrays, chunk)
   whole = np.asarray(jax.random.uniform(key, (sum(sizes),)))
