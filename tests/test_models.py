@@ -98,10 +98,11 @@ def test_init_params_are_one_uniform_draw_split_in_path_order():
   model = models.PromptIR(**MULTI_HEAD)
   params = models.init_params(model, jax.random.key(5))
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  drawn = [(p, v) for p, v in flat if p[-1].key == "kernel" or p[-1].key == "prompt_param"]
-  drawn += [(p, v) for p, v in flat if p[-1].key == "bias" and np.any(v != 0)]
-  order = {jax.tree_util.keystr(p): i for i, (p, _) in enumerate(flat)}
-  drawn.sort(key=lambda pv: order[jax.tree_util.keystr(pv[0])])
+  drawn = [  # in path order, as drawn: kernels, prompts and the biases of layers with a kernel
+      (p, v)
+      for p, v in flat
+      if p[-1].key in ("kernel", "prompt_param") or (p[-1].key == "bias" and np.any(v != 0))
+  ]
   whole = np.asarray(jax.random.uniform(jax.random.key(5), (sum(v.size for _, v in drawn),)))
   offset = 0
   for path, value in drawn:
