@@ -27,7 +27,7 @@ def measure() -> dict:
   from mirl_jax import models  # pylint: disable=import-outside-toplevel
 
   model = models.PromptIR()
-  models.param_shapes(model)  # Flax's shape inference, not the draw
+  models.param_shapes(model)  # Flax's shape inference (once per model), not the draw
   start = time.perf_counter()
   first = models.init_params(model, jax.random.key(0))
   middle = time.perf_counter()

@@ -312,10 +312,26 @@ def block_runs(model: PromptIR) -> dict[str, tuple[str, ...]]:
   }
 
 
-def param_shapes(model: nn.Module) -> dict:
-  """The params tree of `model` as ShapeDtypeStructs, with no compute."""
+@functools.lru_cache(maxsize=16)
+def _param_shapes(model: nn.Module) -> tuple:
   x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
-  return jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+  return jax.tree.flatten(jax.eval_shape(model.init, jax.random.key(0), x)["params"])
+
+
+def param_shapes(model: nn.Module) -> dict:
+  """The params tree of `model` as ShapeDtypeStructs, with no compute.
+
+  Flax's shape inference takes over a second for the default network, and every
+  rewind, restore and ticket check asks for it: it runs once per model, and each
+  call gets a tree of its own.
+  """
+  try:
+    hash(model)
+    infer = _param_shapes
+  except TypeError:  # a field holds a list: nothing to key a cache on
+    infer = _param_shapes.__wrapped__
+  leaves, treedef = infer(model)
+  return jax.tree.unflatten(treedef, leaves)
 
 
 def init_params(model: nn.Module, key: jax.Array) -> dict:

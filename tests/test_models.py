@@ -43,6 +43,19 @@ def test_default_parameter_counts():
   assert sum(int(np.prod(s.shape)) for p, s in sizes if masks_lib.is_prunable(p)) == 32_983_768
 
 
+def test_param_shapes_are_inferred_once_per_model_and_each_caller_owns_its_tree():
+  first = models.param_shapes(models.PromptIR(**TINY_MODEL_KWARGS))
+  want = jax.tree.map(lambda s: (s.shape, s.dtype), first)
+  first.clear()  # a caller editing its tree
+  again = models.param_shapes(models.PromptIR(**TINY_MODEL_KWARGS))  # an equal model: cached
+  assert jax.tree.map(lambda s: (s.shape, s.dtype), again) == want
+  listed = dict(TINY_MODEL_KWARGS, num_blocks=list(TINY_MODEL_KWARGS["num_blocks"]))
+  assert (
+      jax.tree.map(lambda s: (s.shape, s.dtype), models.param_shapes(models.PromptIR(**listed)))
+      == want
+  )
+
+
 def _check_pytorch_init(params):
   """Bounds and shapes of PyTorch's init (kaiming_uniform a=sqrt(5) etc.)."""
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
