@@ -246,12 +246,10 @@ class Ticket(NamedTuple):
   meta: dict
 
 
-def restore_ticket(
-    workdir: str, index: int | None = None, model=None, folder: str = TICKETS
-) -> Ticket:
-  """Ticket `index` (default: the latest) of `workdir`.
+def find_ticket(workdir: str, index: int | None = None, folder: str = TICKETS) -> int:
+  """The index of ticket `index` (default: the latest) of `workdir`, reading no ticket.
 
-  With `model`, the ticket's shapes are checked against it first.
+  Raises ValueError, naming what there is, if there is no such ticket.
   """
   indices = ticket_indices(workdir, folder)
   if not indices:
@@ -262,6 +260,17 @@ def restore_ticket(
   index = max(indices) if index is None else index
   if index not in indices:
     raise ValueError(f"No ticket {index} in {workdir}; it has {sorted(indices)}")
+  return index
+
+
+def restore_ticket(
+    workdir: str, index: int | None = None, model=None, folder: str = TICKETS
+) -> Ticket:
+  """Ticket `index` (default: the latest) of `workdir`.
+
+  With `model`, the ticket's shapes are checked against it first.
+  """
+  index = find_ticket(workdir, index, folder)
   path = os.path.join(os.path.abspath(workdir), folder, str(index))
   with reading(path), _manager(workdir, folder, create=False) as manager:
     restored = manager.restore(

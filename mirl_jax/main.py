@@ -164,7 +164,10 @@ def run_restore(config, workdir: str) -> None:
       overwrite=cfg.overwrite,
   )
   model = models.PromptIR(**config.model)
-  index = None if cfg.ticket < 0 else cfg.ticket
+  restore.check_tiling(cfg.tile, cfg.overlap)
+  index = checkpointing.find_ticket(workdir, None if cfg.ticket < 0 else cfg.ticket)
+  # Compiled before the ticket is read, so the compiler's memory and the params' never add up.
+  restore.compile_forward(model, (restore.input_shape(job.size, cfg.tile) for job in jobs))
   params, _, _ = checkpointing.restore_ticket(workdir, index, model=model)
   written = restore.restore_files(
       restore.make_forward(model, params), jobs, tile=cfg.tile, overlap=cfg.overlap

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mirl_jax import images, train_step
+from mirl_jax import images, models, train_step
 
 MULTIPLE = 8
 
@@ -32,6 +32,12 @@ def _pad_to_multiple(image: np.ndarray, multiple: int = MULTIPLE) -> np.ndarray:
   ph, pw = -h % multiple, -w % multiple
   mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
   return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)
+
+
+def input_shape(size: tuple[int, int], tile: int) -> tuple[int, int, int, int]:
+  """The network's input shape for an image of `size` (height, width): padded, at most a tile."""
+  h, w = (n + -n % MULTIPLE for n in size)
+  return (1, min(tile, h), min(tile, w), 3)
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -52,7 +58,7 @@ def _window(size: int, overlap: int) -> np.ndarray:
   return w
 
 
-def _check_tiling(tile: int, overlap: int) -> None:
+def check_tiling(tile: int, overlap: int) -> None:
   if tile % MULTIPLE or overlap % MULTIPLE or not 0 <= overlap < tile // 2:
     raise ValueError(
         f"tile ({tile}) and overlap ({overlap}) must be multiples of "
@@ -73,11 +79,11 @@ def restore_array(
   With `progress`, an image of several tiles gets a tqdm bar (on stderr) over its tiles: a large
   photo on a CPU takes minutes, and the bar's estimate says how many.
   """
-  _check_tiling(tile, overlap)
+  check_tiling(tile, overlap)
   h, w = image.shape[:2]
   padded = _pad_to_multiple(image)
   ph, pw = padded.shape[:2]
-  th, tw = min(tile, ph), min(tile, pw)
+  _, th, tw, _ = input_shape((h, w), tile)
   out = np.zeros(padded.shape, np.float32)
   weight = np.zeros((ph, pw, 1), np.float32)
   origins = [(y, x) for y in _starts(ph, th, overlap) for x in _starts(pw, tw, overlap)]
@@ -127,8 +133,23 @@ def _jitted_apply(model):
   return jax.jit(lambda p, x: model.apply({"params": p}, x))
 
 
+def compile_forward(model, shapes: Iterable[tuple[int, ...]]) -> None:
+  """Compiles the forward for each input shape from the params' shapes alone.
+
+  Run before the params are read, the compiler's heap is handed back before they
+  take their memory, so the two never add up in the peak RSS: for small images
+  (the 128x128 forward of the default network) the compiler's is the larger part.
+  make_forward's calls then reuse these executables.
+  """
+  apply, abstract = _jitted_apply(model), models.param_shapes(model)
+  for shape in dict.fromkeys(shapes):
+    apply.lower(abstract, jax.ShapeDtypeStruct(shape, np.float32)).compile()
+  train_step.release_freed_memory()
+
+
 def make_forward(model, params) -> Callable[[np.ndarray], np.ndarray]:
   params = jax.device_put(params)
+  train_step.release_freed_memory()  # the host copies that device_put did not keep
   apply = _jitted_apply(model)
   shapes = set()
 
@@ -143,11 +164,13 @@ def make_forward(model, params) -> Callable[[np.ndarray], np.ndarray]:
 
 
 class Job(NamedTuple):
-  """One planned restoration: read `source`, write `target` as `format` ('PNG', 'JPEG', 'WEBP')."""
+  """One planned restoration: read `source` (`size`: upright height, width), write `target` as
+  `format` ('PNG', 'JPEG', 'WEBP')."""
 
   source: Path
   target: Path
   format: str
+  size: tuple[int, int]
 
 
 def _unique(files: list[Path]) -> list[Path]:
@@ -261,7 +284,8 @@ def plan_outputs(
           f"{file}: has {reason}, which {kind} cannot hold (expected an output "
           "format that keeps it): set --config.restore.format=png"
       )
-    jobs.append(Job(file, out / f"{file.stem}{images.EXTENSIONS[kind]}", kind))
+    target = out / f"{file.stem}{images.EXTENSIONS[kind]}"
+    jobs.append(Job(file, target, kind, picture.rgb.shape[:2]))
   _check_targets(jobs, overwrite)
   return jobs
 
@@ -279,7 +303,7 @@ def restore_files(
   The output folder is created only now, and each output is written atomically, so a run cut
   short leaves whole files or none. `progress`: tqdm bars on stderr over images and tiles.
   """
-  _check_tiling(tile, overlap)
+  check_tiling(tile, overlap)
   jobs = list(jobs)
   for folder in dict.fromkeys(job.target.parent for job in jobs):
     folder.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,25 @@ def test_tiling_covers_every_pixel_with_a_real_network():
   assert np.abs(tiled - whole).mean() < 0.05
 
 
+def test_the_forward_compiled_before_the_params_exist_is_the_one_that_runs():
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, *_, **__: compiles.append(event)
+      if event.endswith("backend_compile_duration")
+      else None
+  )
+  image = np.random.default_rng(4).random((37, 53, 3)).astype(np.float32)
+  shape = restore.input_shape(image.shape[:2], 512)
+  assert shape == (1, 40, 56, 3) and restore.input_shape((100, 70), 32) == (1, 32, 32, 3)
+  restore.compile_forward(TINY, [shape])
+  compiled = len(compiles)
+  params = models.init_params(TINY, jax.random.key(0))
+  out = restore.restore_array(restore.make_forward(TINY, params), image, tile=512)
+  assert compiled >= 1 and len(compiles) == compiled  # no second compile for the real params
+  want = TINY.apply({"params": params}, restore._pad_to_multiple(image)[None])[0, :37, :53]
+  np.testing.assert_allclose(out, np.clip(want, 0, 1), atol=1e-5)
+
+
 def test_bad_tile_settings_are_rejected():
   with pytest.raises(ValueError, match="multiples of 8"):
     restore.restore_array(lambda x: x, np.zeros((8, 8, 3), np.float32), tile=100)
