@@ -1,9 +1,11 @@
 """Forward pass of the default PromptIR on this CPU.
 
 Each image size runs in a fresh subprocess so that its peak RSS (ru_maxrss) is
-its own. Reported per size: compile time, median jitted forward time, peak RSS
-of the whole process (JAX runtime, params, compile and run), and the RSS the
-run adds once compiled. The PyTorch reference, timed in the same run, is in
+its own. The forward is `--mode restore`'s: compiled first, then the params
+drawn and placed (restore.compile_forward, restore.make_forward). Reported per
+size: compile time, median forward time, peak RSS of the whole process (JAX
+runtime, compile, params and run), and the RSS the params and the run add to
+the compile's peak. The PyTorch reference, timed in the same run, is in
 benchmarks/run_all.py (or benchmarks/bench_reference.py).
 
     python benchmarks/bench_forward.py [--repeats 5] [--sizes 128 256]
@@ -26,21 +28,20 @@ def measure(size: int, repeats: int, model=None) -> dict:
   """`model` defaults to the default PromptIR (the reference's network)."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mirl_jax import models, train_step  # pylint: disable=import-outside-toplevel
+  from mirl_jax import models, restore  # pylint: disable=import-outside-toplevel
 
   model = models.PromptIR() if model is None else model
-  params = jax.device_put(models.init_params(model, jax.random.key(0)))
   x = jax.device_put(np.random.default_rng(0).random((1, size, size, 3), np.float32))
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, x))
   start = time.perf_counter()
-  compiled = forward.lower(params, x).compile()
+  restore.compile_forward(model, [x.shape])  # as --mode restore does, before reading a ticket
   compile_s = time.perf_counter() - start
-  train_step.release_freed_memory()  # as restore.make_forward does after compiling
+  forward = restore.make_forward(model, models.init_params(model, jax.random.key(0)))
   rss_compiled = _rss_gib()
+  jax.block_until_ready(forward(x))  # its first call still traces the network
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(compiled(params, x))
+    jax.block_until_ready(forward(x))
     times.append(time.perf_counter() - start)
   return dict(
       size=size,
