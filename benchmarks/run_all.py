@@ -190,7 +190,8 @@ def plan(quick: bool) -> list[dict]:
       _job(
           "forward",
           "forward",
-          f"{net}, 1x{s}x{s}x3, median of {reps}",
+          f"{net}, 1x{s}x{s}x3, compiled before the params exist (as --mode restore), "
+          f"median of {reps}",
           "forward",
           None if quick else dict(fn="ref_forward", kwargs=dict(size=s, repeats=reps)),
           model=big,
