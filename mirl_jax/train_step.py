@@ -141,16 +141,30 @@ def _grads(state: TrainState, degraded: jax.Array, clean: jax.Array, microbatche
   return jax.tree.map(lambda t: t / microbatches, total)
 
 
-def global_norm(tree: Any) -> jax.Array:
-  """The L2 norm over every leaf, as one reduction over their concatenation.
+def global_norm(tree: Any, masks: Any = None) -> jax.Array:
+  """The L2 norm over every leaf (only its kept entries where `masks` has a mask),
+  as one reduction over their concatenation.
 
   optax's tree norm reduces each of the default network's 542 tensors in a
   kernel of its own. One reduction compiles the default training step in 34 s
   instead of 40 s (benchmarks/bench_train_step.py, AMD EPYC, 2026-12-04), at
   the same step time and a slightly lower peak RSS (3.08 against 3.25 GiB).
+  Masking the concatenation, not each leaf, saves the step one kernel per
+  masked tensor: XLA writes each leaf's masked copy out for the concatenation.
   """
   leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
-  return jnp.sqrt(jnp.sum(jnp.square(jnp.concatenate(leaves))))
+  flat = jnp.concatenate(leaves)
+  if masks is not None:
+    kept = jax.tree.leaves(
+        jax.tree.map(
+            lambda x, m: jnp.ones(x.shape, bool) if m is None else m,
+            tree,
+            masks,
+            is_leaf=lambda x: x is None,
+        )
+    )
+    flat = jnp.where(jnp.concatenate([jnp.ravel(m).astype(bool) for m in kept]), flat, 0.0)
+  return jnp.sqrt(jnp.sum(jnp.square(flat)))
 
 
 def _local_step(
@@ -159,9 +173,9 @@ def _local_step(
   """One device's step; masks=None is the dense net (round 0), masking skipped."""
   loss, grads = _grads(state, degraded, clean, microbatches)
   loss, grads = jax.lax.pmean((loss, grads), DATA)
+  grad_norm = global_norm(grads, masks)
   if masks is not None:
     grads = masks_lib.apply_masks(grads, masks)
-  grad_norm = global_norm(grads)
   state = state.apply_gradients(grads=grads)
   if masks is not None:
     state = state.replace(params=masks_lib.apply_masks(state.params, masks))

@@ -150,6 +150,27 @@ def test_global_norm_is_the_l2_norm_over_every_leaf():
   assert np.isnan(float(jax.jit(ts.global_norm)(tree)))
 
 
+def test_global_norm_with_masks_counts_only_the_kept_entries():
+  """A pruned round's grad_norm: the norm of the masked grads, as the step
+  applies them; a NaN at a pruned entry is not in it, one at a kept entry is."""
+  rng = np.random.default_rng(1)
+  tree = {
+      "w": rng.normal(size=(3, 3, 2, 5)).astype(np.float32),
+      "bias": rng.normal(size=5).astype(np.float32),
+      "v": rng.normal(size=(4, 6)).astype(np.float32),
+  }
+  masks = {"w": rng.random((3, 3, 2, 5)) < 0.5, "bias": None, "v": np.zeros((4, 6), bool)}
+  masks["v"][1, 2] = True
+  norm = jax.jit(ts.global_norm)
+  expected = norm(masks_lib.apply_masks(tree, masks))
+  np.testing.assert_allclose(float(norm(tree, masks)), float(expected), rtol=1e-6)
+  assert float(norm(tree, masks)) < float(norm(tree)) * 0.9
+  tree["v"][0, 0] = np.nan  # pruned
+  np.testing.assert_allclose(float(norm(tree, masks)), float(expected), rtol=1e-6)
+  tree["v"][1, 2] = np.nan  # kept
+  assert np.isnan(float(norm(tree, masks)))
+
+
 @pytest.mark.parametrize("bad_step", [1, 3])
 def test_non_finite_loss_names_round_and_step(bad_step):
   model = Net()
