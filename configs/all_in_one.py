@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
       precision="highest",             # matmul/conv precision: "highest" is float32 on TPUs
                                        # and GPUs too, as the reference; "default" is faster
       scan_blocks=True,                # each run of identical blocks compiled once (lax.scan)
-      remat="blocks",                  # keep only each block's input for the backward and
+      remat="blocks",                  # keep only each scanned block's input for the backward and
                                        # recompute the rest ("none": keep all; slower here)
   ))
 
